@@ -1,0 +1,151 @@
+"""Torch datasets over images decoded once into memory, a padding collate, and a DDP sampler that
+never repeats an evaluation image."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, Sampler
+
+
+def _to_chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1)
+
+
+class RandomCropDataset(Dataset):
+    """Random ``crop_size`` crops for training, ``crops_per_image`` per image per epoch.
+
+    Images smaller than the crop are padded (image with 0, mask with ``ignore_index``). Flips and
+    90-degree rotations are applied with probability 1/2 each when enabled. Items are
+    ``{"image": uint8 [C, S, S], "mask": uint8 [S, S]}``; randomness comes from torch's generator,
+    so ``seed_everything`` makes it reproducible.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        crop_size: int,
+        crops_per_image: int = 1,
+        hflip: bool = True,
+        vflip: bool = True,
+        rot90: bool = True,
+        ignore_index: int = 255,
+    ) -> None:
+        self.images, self.masks = images, masks
+        self.crop_size = int(crop_size)
+        self.crops_per_image = int(crops_per_image)
+        self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
+        self.ignore_index = ignore_index
+
+    def __len__(self) -> int:
+        return len(self.images) * self.crops_per_image
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i = index % len(self.images)
+        image, mask = _to_chw(self.images[i]), torch.from_numpy(self.masks[i])
+        s = self.crop_size
+        _, h, w = image.shape
+        if h < s or w < s:
+            ph, pw = max(s - h, 0), max(s - w, 0)
+            image = torch.nn.functional.pad(image, (0, pw, 0, ph), value=0)
+            mask = torch.nn.functional.pad(mask, (0, pw, 0, ph), value=self.ignore_index)
+            h, w = mask.shape
+        y = int(torch.randint(0, h - s + 1, ()))
+        x = int(torch.randint(0, w - s + 1, ()))
+        image, mask = image[:, y : y + s, x : x + s], mask[y : y + s, x : x + s]
+        coins = torch.rand(3)
+        if self.hflip and coins[0] < 0.5:
+            image, mask = image.flip(-1), mask.flip(-1)
+        if self.vflip and coins[1] < 0.5:
+            image, mask = image.flip(-2), mask.flip(-2)
+        if self.rot90 and coins[2] < 0.5:
+            image, mask = image.rot90(1, (-2, -1)), mask.rot90(1, (-2, -1))
+        return {"image": image.contiguous(), "mask": mask.contiguous()}
+
+
+class WholeImageDataset(Dataset):
+    """Whole images for validation and test: ``{"image": uint8 [C, H, W], "mask": uint8 [H, W],
+    "index": int}``."""
+
+    def __init__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], stems: Sequence[str]) -> None:
+        self.images, self.masks, self.stems = images, masks, list(stems)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": _to_chw(self.images[index]), "mask": torch.from_numpy(self.masks[index]), "index": index}
+
+
+class PadCollate:
+    """Stack samples of different sizes by padding to the largest height and width in the batch
+    (image with 0, mask with ``ignore_index`` so padded pixels never count in loss or metrics).
+    Adds ``"size"``: ``[N, 2]`` original (H, W)."""
+
+    def __init__(self, ignore_index: int) -> None:
+        self.ignore_index = ignore_index
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        h = max(s["image"].shape[-2] for s in samples)
+        w = max(s["image"].shape[-1] for s in samples)
+        c = samples[0]["image"].shape[0]
+        images = torch.zeros((len(samples), c, h, w), dtype=samples[0]["image"].dtype)
+        masks = torch.full((len(samples), h, w), self.ignore_index, dtype=samples[0]["mask"].dtype)
+        for k, s in enumerate(samples):
+            sh, sw = s["mask"].shape
+            images[k, :, :sh, :sw] = s["image"]
+            masks[k, :sh, :sw] = s["mask"]
+        batch = {
+            "image": images,
+            "mask": masks,
+            "size": torch.tensor([s["mask"].shape for s in samples], dtype=torch.long),
+        }
+        if "index" in samples[0]:
+            batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
+        return batch
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``world_size``-th index from ``rank``, optionally shuffled per epoch.
+
+    Unlike ``DistributedSampler`` it never pads with repeated indices, so evaluation metrics summed
+    over processes count each image exactly once. For training, ``drop_uneven=True`` trims the
+    shuffled list to a multiple of the world size so that every process takes the same number of steps.
+    """
+
+    def __init__(self, length: int, shuffle: bool, seed: int = 0, drop_uneven: bool = False) -> None:
+        self.length, self.shuffle, self.seed, self.drop_uneven = length, shuffle, seed, drop_uneven
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        world, rank = _world()
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        if self.drop_uneven and world > 1:
+            order = order[: (self.length // world) * world]
+        return order[rank::world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        world, rank = _world()
+        n = (self.length // world) * world if (self.drop_uneven and world > 1) else self.length
+        return max(0, math.ceil((n - rank) / world))

@@ -1,0 +1,99 @@
+"""Losses for multiclass segmentation. Every loss takes logits ``[N, C, H, W]`` and integer targets
+``[N, H, W]``; pixels equal to ``ignore_index`` contribute nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segkit.errors import SegkitError
+
+LOSS_NAMES = ("ce", "weighted_ce", "dice", "ce_dice")
+
+
+class SoftDiceLoss(nn.Module):
+    """``1 - weighted mean_c (2 sum(p_c t_c) + s) / (sum(p_c) + sum(t_c) + s)``, softmax probabilities,
+    sums pooled over the whole batch (more stable than per-image Dice for rare classes).
+
+    ``class_weights`` weigh the per-class Dice terms (normalised to sum 1); ignored pixels are removed
+    from both sums.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, class_weights: Sequence[float] | None = None, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.num_classes, self.ignore_index, self.smooth = num_classes, ignore_index, smooth
+        w = torch.ones(num_classes) if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", w / w.sum(), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = logits.float().softmax(dim=1)
+        valid = target != self.ignore_index
+        t = torch.where(valid, target, torch.zeros_like(target))
+        onehot = F.one_hot(t.long(), self.num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+        v = valid.unsqueeze(1).to(probs.dtype)
+        probs, onehot = probs * v, onehot * v
+        dims = (0, 2, 3)
+        inter = (probs * onehot).sum(dims)
+        denom = probs.sum(dims) + onehot.sum(dims)
+        dice = (2 * inter + self.smooth) / (denom + self.smooth)
+        return 1.0 - (self.class_weights * dice).sum()
+
+
+class CrossEntropy(nn.Module):
+    """Cross-entropy with optional per-class weights; the mean is over non-ignored pixels, weighted as
+    in ``torch.nn.functional.cross_entropy``."""
+
+    def __init__(self, ignore_index: int = 255, class_weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("weight", w, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target.long(), weight=self.weight, ignore_index=self.ignore_index)
+
+
+class CEDiceLoss(nn.Module):
+    """``ce_lambda * CE + dice_lambda * soft Dice``."""
+
+    def __init__(self, ce: CrossEntropy, dice: SoftDiceLoss, ce_lambda: float = 1.0, dice_lambda: float = 1.0) -> None:
+        super().__init__()
+        self.ce, self.dice = ce, dice
+        self.ce_lambda, self.dice_lambda = ce_lambda, dice_lambda
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.ce_lambda * self.ce(logits, target) + self.dice_lambda * self.dice(logits, target)
+
+
+def build_loss(
+    name: str,
+    num_classes: int,
+    ignore_index: int = 255,
+    class_weights: Sequence[float] | None = None,
+    smooth: float = 1.0,
+    ce_lambda: float = 1.0,
+    dice_lambda: float = 1.0,
+    **_: object,
+) -> nn.Module:
+    """The loss named by ``loss.name``. ``class_weights`` must already be resolved to numbers (``auto``
+    is turned into numbers from the train split by ``segkit.train``)."""
+    if class_weights is not None and len(class_weights) != num_classes:
+        raise SegkitError(
+            f"loss.class_weights has {len(class_weights)} values {list(class_weights)}; expected {num_classes} "
+            "(one per class), or auto"
+        )
+    match name:
+        case "ce":
+            return CrossEntropy(ignore_index, class_weights)
+        case "weighted_ce":
+            if class_weights is None:
+                raise SegkitError("loss.class_weights is null for loss=weighted_ce; expected a list of weights or auto")
+            return CrossEntropy(ignore_index, class_weights)
+        case "dice":
+            return SoftDiceLoss(num_classes, ignore_index, class_weights, smooth)
+        case "ce_dice":
+            return CEDiceLoss(CrossEntropy(ignore_index, class_weights), SoftDiceLoss(num_classes, ignore_index, None, smooth), ce_lambda, dice_lambda)
+    raise SegkitError(f"loss.name is '{name}'; expected one of {', '.join(LOSS_NAMES)}")

@@ -1,0 +1,173 @@
+"""``SegModule``: the LightningModule that trains and evaluates any segmentation network.
+
+It is rebuilt from primitive hyper-parameters alone (dicts of str/int/float/list), so a checkpoint
+holds no pickled objects, loads with ``weights_only=True`` and needs no Hydra config:
+``SegModule.load_from_checkpoint(path, weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import get_class, instantiate
+from torch import nn
+
+from segkit.losses import build_loss
+from segkit.metrics import ConfusionMatrix, flat_scores
+from segkit.models import output_stride
+
+STAGES = ("train", "val", "test")
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad ``[N, C, H, W]`` at the bottom/right to multiples of ``multiple`` (reflect where the image is
+    large enough, else replicate); returns the padded tensor and the original ``(H, W)``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+class SegModule(pl.LightningModule):
+    """Trains ``model`` (a ``_target_`` spec) with ``loss`` and logs per-class metrics each epoch.
+
+    Batches: ``{"image": uint8 [N, C, H, W], "mask": uint8/int64 [N, H, W], ...}``. Images are
+    normalised here, on the training device, with the train split's ``norm_mean``/``norm_std``
+    (in [0, 1] units). Outputs are logits ``[N, num_classes, H, W]``.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        loss: dict[str, Any],
+        optimizer: dict[str, Any],
+        class_names: Sequence[str],
+        scheduler: dict[str, Any] | None = None,
+        ignore_index: int = 255,
+        class_weights: Sequence[float] | None = None,
+        norm_mean: Sequence[float] | None = None,
+        norm_std: Sequence[float] | None = None,
+        channels_last: bool = True,
+        panel_images: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.ignore_index = ignore_index
+        self.net: nn.Module = instantiate(model)
+        self.stride = output_stride(self.net)
+        self.channels_last = channels_last
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        loss_spec = {k: v for k, v in loss.items() if k not in ("class_weights", "weight_method", "ignore_index")}
+        self.criterion = build_loss(
+            num_classes=self.num_classes, ignore_index=ignore_index, class_weights=class_weights, **loss_spec
+        )
+        in_ch = len(norm_mean) if norm_mean is not None else 1
+        mean = torch.tensor(norm_mean if norm_mean is not None else [0.0] * in_ch).view(1, -1, 1, 1)
+        std = torch.tensor(norm_std if norm_std is not None else [1.0] * in_ch).view(1, -1, 1, 1)
+        # non-persistent: they are rebuilt from the hyper-parameters
+        self.register_buffer("norm_mean", mean, persistent=False)
+        self.register_buffer("norm_std", std, persistent=False)
+        self.metrics = nn.ModuleDict({f"{s}_cm": ConfusionMatrix(self.num_classes, ignore_index) for s in STAGES})
+        self.panel_images = panel_images
+        #: the first ``panel_images`` validation samples of the last epoch: index -> (image, mask, pred)
+        self.val_panel: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        #: confusion matrices of the last finished epoch, per stage
+        self.last_confusion: dict[str, torch.Tensor] = {}
+        #: False while segkit re-evaluates the best checkpoint, so curves get no extra points
+        self.log_to_logger = True
+
+    # ------------------------------------------------------------------ forward
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, C, H, W]`` -> normalised float ``[N, C, H, W]``."""
+        x = image.float().div_(255.0)
+        return (x - self.norm_mean) / self.norm_std
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, num_classes, H, W]`` for a uint8 image batch of any size (padded to the network
+        stride internally and cropped back)."""
+        x = self.normalize(image)
+        x, (h, w) = pad_to_multiple(x, self.stride)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)[..., :h, :w]
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        target = batch["mask"].long()
+        logits = self(batch["image"])
+        loss = self.criterion(logits, target)
+        pred = logits.detach().argmax(1)
+        self.metrics[f"{stage}_cm"].update(pred, target)
+        return loss, pred
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._step(batch, "train")
+        n = batch["image"].shape[0]
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=n, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, pred = self._step(batch, "val")
+        n = batch["image"].shape[0]
+        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True, logger=self.log_to_logger)
+        if "index" in batch:
+            for k, idx in enumerate(batch["index"].tolist()):
+                if idx < self.panel_images:
+                    h, w = batch["size"][k].tolist()
+                    self.val_panel[idx] = (batch["image"][k, :, :h, :w].cpu(), batch["mask"][k, :h, :w].cpu(), pred[k, :h, :w].cpu())
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, _ = self._step(batch, "test")
+        self.log("test/loss", loss, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0], sync_dist=True)
+
+    # ------------------------------------------------------------------ epoch ends
+    def _log_epoch_metrics(self, stage: str) -> None:
+        metric = self.metrics[f"{stage}_cm"]
+        cm = metric.compute()
+        metric.reset()
+        self.last_confusion[stage] = cm.cpu()
+        values = flat_scores(cm, self.class_names, stage)
+        if stage == "train":  # on random crops: a training-progress signal, not a quality figure
+            values = {k: v for k, v in values.items() if k in ("train/miou", "train/pixel_acc")}
+        # already summed over processes by the metric; no further sync needed
+        to_logger = self.log_to_logger or stage == "test"
+        shown = f"{stage}/miou"
+        self.log(shown, values.pop(shown), prog_bar=stage == "val", logger=to_logger)
+        self.log_dict(values, logger=to_logger)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_panel = {}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        opt_spec = dict(self.hparams.optimizer)
+        optimizer = get_class(opt_spec.pop("_target_"))(self.parameters(), **{k: v for k, v in opt_spec.items() if not k.startswith("_")})
+        spec = dict(self.hparams.scheduler or {})
+        if not spec.get("_target_"):
+            return optimizer
+        interval = spec.pop("interval", "epoch")
+        monitor = spec.pop("monitor", None)
+        scheduler = get_class(spec.pop("_target_"))(optimizer, **{k: v for k, v in spec.items() if not k.startswith("_")})
+        config = {"scheduler": scheduler, "interval": interval, "frequency": 1}
+        if monitor:
+            config["monitor"] = monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
