@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from segkit.data.datasets import PadCollate, RandomCropDataset, ShardSampler, WholeImageDataset
+from segkit.data.datasets import PadCollate, RandomCropDataset, SameSizeBatchSampler, ShardSampler, WholeImageDataset
 from segkit.data.io import Pair, check_pair, find_pairs, read_image, read_mask
 from segkit.data.stats import DatasetStats, compute_stats
 from segkit.data.synthetic import SyntheticSpec, ensure_synthetic
@@ -190,26 +190,27 @@ class SegDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
 
-    def _loader(self, dataset, batch_size: int, sampler) -> DataLoader:
+    def _loader(self, dataset, **batching) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=PadCollate(self.ignore_index),
             persistent_workers=self.num_workers > 0,
-            drop_last=False,
+            **batching,
         )
 
     def train_dataloader(self) -> DataLoader:
         images, masks, _ = self.arrays("train")
         ds = RandomCropDataset(images, masks, self.crop_size, self.crops_per_image, ignore_index=self.ignore_index, **self.augment)
-        return self._loader(ds, self.batch_size, ShardSampler(len(ds), shuffle=True, seed=self._seed, drop_uneven=True))
+        sampler = ShardSampler(len(ds), shuffle=True, seed=self._seed, drop_uneven=True)
+        return self._loader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False)
 
     def _eval_loader(self, split: str) -> DataLoader:
         images, masks, stems = self.arrays(split)
         ds = WholeImageDataset(images, masks, stems)
-        return self._loader(ds, self.val_batch_size, ShardSampler(len(ds), shuffle=False))
+        sizes = [m.shape for m in masks]
+        batches = SameSizeBatchSampler(ShardSampler(len(ds), shuffle=False), sizes, self.val_batch_size)
+        return self._loader(ds, batch_sampler=batches)
 
     def val_dataloader(self) -> DataLoader:
         if not self.split.get("val"):

@@ -149,3 +149,29 @@ class ShardSampler(Sampler[int]):
         world, rank = _world()
         n = (self.length // world) * world if (self.drop_uneven and world > 1) else self.length
         return max(0, math.ceil((n - rank) / world))
+
+
+class SameSizeBatchSampler(Sampler[list[int]]):
+    """Batches of up to ``batch_size`` indices from ``sampler`` whose images have the same size.
+
+    Evaluation pads images only to the network stride, never to a batch neighbour's size: padding
+    changes predictions near the border, so a score must not depend on which images share a batch.
+    """
+
+    def __init__(self, sampler: Sampler[int], sizes: Sequence[tuple[int, int]], batch_size: int) -> None:
+        self.sampler, self.sizes, self.batch_size = sampler, list(sizes), max(1, int(batch_size))
+
+    def _batches(self) -> list[list[int]]:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in self.sampler:
+            groups.setdefault(tuple(self.sizes[i]), []).append(i)
+        out = []
+        for idx in groups.values():
+            out += [idx[k : k + self.batch_size] for k in range(0, len(idx), self.batch_size)]
+        return sorted(out, key=lambda b: b[0])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())

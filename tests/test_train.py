@@ -1,0 +1,142 @@
+"""End-to-end training on tiny synthetic data, in process (``train(cfg)``) and through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segkit.module import SegModule
+from segkit.train import train
+from tests.conftest import REPO, TINY_DATA, TINY_MODELS, cli_env, compose_cfg
+
+
+def _run(tmp_path: Path, *overrides: str, model: str = "unet"):
+    cfg = compose_cfg(tmp_path, TINY_DATA + TINY_MODELS[model] + list(overrides))
+    metrics, objects = train(cfg)
+    return cfg, metrics, objects
+
+
+@pytest.mark.parametrize("model", sorted(TINY_MODELS))
+def test_each_model_trains(tmp_path, model):
+    cfg, metrics, _ = _run(tmp_path, model=model)
+    run = Path(cfg.paths.output_dir)
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert math.isfinite(metrics["val/loss"]) and 0.0 <= metrics["val/miou"] <= 1.0
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["metrics"]["val/miou"] == pytest.approx(metrics["val/miou"])
+    assert {f"val/iou/{c}" for c in ("background", "rbc", "spirochaete")} <= set(summary["metrics"])
+
+
+@pytest.mark.parametrize("loss", ["ce", "weighted_ce", "dice", "ce_dice"])
+def test_each_loss_trains(tmp_path, loss):
+    cfg, metrics, objects = _run(tmp_path, f"loss={loss}")
+    assert math.isfinite(metrics["val/loss"])
+    stats = json.loads((Path(cfg.paths.output_dir) / "data_stats.json").read_text())
+    if loss == "weighted_ce":  # auto weights from the train split, written down and used
+        from segkit.data.stats import DatasetStats, class_weights
+
+        fields = {k: stats[k] for k in ("num_images", "num_pixels", "mean", "std", "class_pixels", "present_pixels")}
+        expected = class_weights(DatasetStats(**fields), "median_frequency")
+        assert stats["class_weights"] == pytest.approx(expected)
+        assert objects["module"].criterion.weight.tolist() == pytest.approx(expected)
+        assert stats["class_weights"][2] > stats["class_weights"][0]  # rare spirochaete weighs more
+    else:
+        assert stats["class_weights"] is None
+
+
+def test_metrics_json_matches_an_independent_evaluation(tmp_path):
+    """Reload best.ckpt with weights_only=True (no Hydra) and recount IoU on the val images with NumPy."""
+    cfg, metrics, objects = _run(tmp_path, "trainer.max_epochs=2")
+    run = Path(cfg.paths.output_dir)
+    module = SegModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt", weights_only=True, map_location="cpu")
+    module.eval()
+    dm = objects["datamodule"]
+    images, masks, _ = dm.arrays("val")
+    inter = np.zeros(3)
+    union = np.zeros(3)
+    with torch.no_grad():
+        for image, mask in zip(images, masks, strict=True):
+            pred = module(torch.from_numpy(image).permute(2, 0, 1)[None]).argmax(1)[0].numpy()
+            for c in range(3):
+                inter[c] += np.sum((pred == c) & (mask == c))
+                union[c] += np.sum((pred == c) | (mask == c))
+    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    for c, name in enumerate(["background", "rbc", "spirochaete"]):
+        if not np.isnan(iou[c]):
+            assert metrics[f"val/iou/{name}"] == pytest.approx(iou[c], abs=1e-6)
+    assert metrics["val/miou"] == pytest.approx(np.nanmean(iou), abs=1e-6)
+
+
+def test_resume_from_last_continues_the_epoch_count(tmp_path):
+    cfg, _, objects = _run(tmp_path / "a", "trainer.max_epochs=1")
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+    cfg2, _, objects2 = _run(tmp_path / "b", "trainer.max_epochs=2", f"ckpt_path={last}")
+    trainer = objects2["trainer"]
+    assert trainer.current_epoch == 2
+    steps_per_epoch = objects["trainer"].global_step
+    assert trainer.global_step == 2 * steps_per_epoch  # one more epoch, not two
+
+
+def test_ckpt_path_last_finds_the_newest_run(tmp_path):
+    from segkit.errors import SegkitError
+    from segkit.train import resolve_ckpt_path
+
+    with pytest.raises(SegkitError, match="ckpt_path=last"):
+        resolve_ckpt_path("last", str(tmp_path), "train")
+    for name in ("2026-01-01_00-00-00.000001", "2026-01-02_00-00-00.000001"):
+        (tmp_path / "train" / "runs" / name / "checkpoints").mkdir(parents=True)
+        (tmp_path / "train" / "runs" / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert "2026-01-02" in resolve_ckpt_path("last", str(tmp_path), "train")
+
+
+def test_tensorboard_has_per_class_scalars_and_pictures(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, _, _ = _run(tmp_path, "trainer.max_epochs=2")
+    acc = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ["train/loss", "val/loss", "val/miou", "val/mdice", "val/pixel_acc", "lr-AdamW"]:
+        assert tag in scalars
+    for name in ("background", "rbc", "spirochaete"):
+        assert f"val/iou/{name}" in scalars and f"val/dice/{name}" in scalars
+    assert len(acc.Scalars("val/miou")) == 2  # one point per epoch; the final re-evaluation adds none
+    images = set(acc.Tags()["images"])
+    assert {"val/panel", "val/confusion_matrix"} <= images
+    panel = acc.Images("val/panel")
+    assert len(panel) == 2 and panel[-1].width > panel[-1].height  # rows of input | truth | prediction
+
+
+def test_mixed_precision_request_on_cpu_trains_in_fp32(tmp_path, capsys, monkeypatch):
+    import segkit.precision as p
+
+    monkeypatch.setattr(p, "cpu_bf16_is_fast", lambda: False)
+    _, _, objects = _run(tmp_path, "trainer=gpu", "trainer.accelerator=cpu")
+    assert objects["trainer"].precision == "32-true"
+
+
+def test_multirun_sweeps_lr_through_the_cli(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "segkit.train", "-m", "lr=1e-3,1e-4", *TINY_DATA, *TINY_MODELS["unet"],
+         f"paths.log_dir={tmp_path / 'outputs'}", f"paths.data_dir={tmp_path / 'data'}", "logger=csv"],
+        cwd=REPO, capture_output=True, text=True, env=cli_env(), timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweeps = list((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    runs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [r.name for r in runs] == ["0", "1"]
+    lrs = []
+    for r in runs:
+        assert (r / "metrics.json").is_file() and (r / "checkpoints" / "best.ckpt").is_file()
+        hp = torch.load(r / "checkpoints" / "best.ckpt", weights_only=True)["hyper_parameters"]
+        lrs.append(hp["optimizer"]["lr"])
+    assert lrs == [1e-3, 1e-4]
