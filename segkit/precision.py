@@ -29,7 +29,8 @@ def cpu_bf16_is_fast(size: int = 192, repeats: int = 3) -> bool:
     return timings[torch.bfloat16] <= timings[torch.float32]
 
 
-def _runs_on_cpu(accelerator: str) -> bool:
+def runs_on_cpu(accelerator: str) -> bool:
+    """Whether ``trainer.accelerator`` resolves to the CPU on this machine."""
     acc = str(accelerator).lower()
     if acc == "cpu":
         return True
@@ -46,7 +47,7 @@ def resolve_precision(requested: str | int, accelerator: str) -> tuple[str, str 
     runs bf16 at least as fast as fp32.
     """
     req = str(requested)
-    on_cpu = _runs_on_cpu(accelerator)
+    on_cpu = runs_on_cpu(accelerator)
     if req == "auto":
         if on_cpu:
             return "32-true", None
