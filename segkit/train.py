@@ -26,7 +26,7 @@ from segkit.data.stats import class_weights as compute_class_weights
 from segkit.errors import SegkitError, exit_on_user_error
 from segkit.metrics import ABSENT_CLASS_POLICY, flat_scores
 from segkit.module import SegModule
-from segkit.precision import runs_on_cpu, resolve_precision
+from segkit.precision import resolve_precision, runs_on_cpu
 
 # Lightning's advice to add DataLoader workers does not apply: images are decoded once into memory.
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -90,10 +90,11 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer_cfg = _plain(cfg.trainer)
-    precision, note = resolve_precision(trainer_cfg.pop("precision", "auto"), trainer_cfg.get("accelerator", "auto"))
+    accelerator = trainer_cfg.get("accelerator", "auto")
+    precision, note = resolve_precision(trainer_cfg.pop("precision", "auto"), accelerator)
     if note:
         rank_zero_info(f"segkit: {note}")
-    if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(trainer_cfg.get("accelerator", "auto")):
+    if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(accelerator):
         trainer_cfg["sync_batchnorm"] = False
         rank_zero_info("segkit: trainer.sync_batchnorm=true needs CUDA (torch's SyncBatchNorm); on CPU each process keeps its own BatchNorm statistics")
     return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, precision=precision)

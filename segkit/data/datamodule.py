@@ -13,7 +13,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from segkit.data.datasets import PadCollate, RandomCropDataset, SameSizeBatchSampler, ShardSampler, WholeImageDataset
+from segkit.data.datasets import (
+    PadCollate,
+    RandomCropDataset,
+    SameSizeBatchSampler,
+    ShardSampler,
+    WholeImageDataset,
+)
 from segkit.data.io import Pair, check_pair, find_pairs, read_image, read_mask
 from segkit.data.stats import DatasetStats, compute_stats
 from segkit.data.synthetic import SyntheticSpec, ensure_synthetic
