@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
 from torch import nn
+from torchmetrics import MeanMetric
 
 from segkit.losses import build_loss
 from segkit.metrics import ConfusionMatrix, flat_scores
@@ -77,6 +78,10 @@ class SegModule(pl.LightningModule):
         self.register_buffer("norm_mean", mean, persistent=False)
         self.register_buffer("norm_std", std, persistent=False)
         self.metrics = nn.ModuleDict({f"{s}_cm": ConfusionMatrix(self.num_classes, ignore_index) for s in STAGES})
+        # Epoch losses are torchmetrics too, synchronised with the confusion matrix in the epoch-end hook
+        # that every process runs. (``self.log(..., sync_dist=True)`` would synchronise lazily, when the
+        # rank-0 progress bar reads it, a collective the other ranks never join: DDP deadlock.)
+        self.losses = nn.ModuleDict({f"{s}_loss": MeanMetric(nan_strategy="disable") for s in STAGES})
         self.panel_images = panel_images
         #: the first ``panel_images`` validation samples of the last epoch: index -> (image, mask, pred)
         self.val_panel: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -107,19 +112,16 @@ class SegModule(pl.LightningModule):
         loss = self.criterion(logits, target)
         pred = logits.detach().argmax(1)
         self.metrics[f"{stage}_cm"].update(pred, target)
+        self.losses[f"{stage}_loss"].update(loss.detach(), weight=target.shape[0])
         return loss, pred
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._step(batch, "train")
-        n = batch["image"].shape[0]
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=n, prog_bar=True)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=batch["image"].shape[0], prog_bar=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, pred = self._step(batch, "val")
-        n = batch["image"].shape[0]
-        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True, logger=self.log_to_logger)
+        _, pred = self._step(batch, "val")
         if "index" in batch:
             for k, idx in enumerate(batch["index"].tolist()):
                 if idx < self.panel_images:
@@ -127,8 +129,7 @@ class SegModule(pl.LightningModule):
                     self.val_panel[idx] = (batch["image"][k, :, :h, :w].cpu(), batch["mask"][k, :h, :w].cpu(), pred[k, :h, :w].cpu())
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, _ = self._step(batch, "test")
-        self.log("test/loss", loss, on_step=False, on_epoch=True, batch_size=batch["image"].shape[0], sync_dist=True)
+        self._step(batch, "test")
 
     # ------------------------------------------------------------------ epoch ends
     def _log_epoch_metrics(self, stage: str) -> None:
@@ -139,6 +140,9 @@ class SegModule(pl.LightningModule):
         values = flat_scores(cm, self.class_names, stage)
         if stage == "train":  # on random crops: a training-progress signal, not a quality figure
             values = {k: v for k, v in values.items() if k in ("train/miou", "train/pixel_acc")}
+        loss_metric = self.losses[f"{stage}_loss"]
+        values[f"{stage}/loss"] = float(loss_metric.compute())  # mean over the samples of every process
+        loss_metric.reset()
         # already summed over processes by the metric; no further sync needed
         to_logger = self.log_to_logger or stage == "test"
         shown = f"{stage}/miou"

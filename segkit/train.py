@@ -31,6 +31,8 @@ from segkit.precision import resolve_precision, runs_on_cpu
 # Lightning's advice to add DataLoader workers does not apply: images are decoded once into memory.
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*")
+# SegModule logs epoch metrics that torchmetrics has already reduced over all processes.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
 def _plain(node: Any) -> Any:

@@ -140,3 +140,40 @@ def test_multirun_sweeps_lr_through_the_cli(tmp_path):
         hp = torch.load(r / "checkpoints" / "best.ckpt", weights_only=True)["hyper_parameters"]
         lrs.append(hp["optimizer"]["lr"])
     assert lrs == [1e-3, 1e-4]
+
+
+def test_two_process_ddp_cpu_validation_equals_a_single_process_evaluation(tmp_path):
+    """``trainer=ddp_cpu`` (2 processes, each validating its own shard, 3 val images so the shards are
+    uneven) must report the same pooled metrics as one process validating best.ckpt on all the images."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from segkit.metrics import flat_scores
+
+    data = [o for o in TINY_DATA if not o.startswith(("data.synthetic.num_images", "data.val_fraction", "data.val_batch_size"))]
+    data += ["data.synthetic.num_images=10", "data.val_fraction=0.3", "data.val_batch_size=1"]
+    run = tmp_path / "ddp_run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "segkit.train", "trainer=ddp_cpu", "trainer.max_epochs=2", *data, *TINY_MODELS["unet"],
+         f"hydra.run.dir={run}", f"paths.data_dir={tmp_path / 'single' / 'data'}", "logger=csv"],
+        cwd=REPO, capture_output=True, text=True, env=cli_env(), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["data"]["num_val"] == 3
+
+    cfg = compose_cfg(tmp_path / "single", data + TINY_MODELS["unet"])  # same generated data dir
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare()
+    written = json.loads((run / "splits.json").read_text())
+    assert all(written[k] == v for k, v in dm.split.items())
+    module = SegModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt", weights_only=True, map_location="cpu")
+    module.log_to_logger = False
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    single = flat_scores(module.last_confusion["val"], module.class_names, "val")
+    assert module.last_confusion["val"].sum() == sum(m.size for m in dm.arrays("val")[1])  # every pixel once
+    for key, value in single.items():
+        if math.isfinite(value):
+            assert summary["metrics"][key] == pytest.approx(value, abs=1e-6), key
+    assert summary["metrics"]["val/loss"] == pytest.approx(float(trainer.callback_metrics["val/loss"]), rel=1e-5)
