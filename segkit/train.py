@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
@@ -118,6 +118,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     dm: SegDataModule = instantiate(cfg.data, _convert_="all")
     dm.prepare()
+    if cfg.data.get("class_names") is None or cfg.data.get("num_classes") is None:  # named by the data (codes.txt)
+        with open_dict(cfg):
+            cfg.data.class_names, cfg.data.num_classes = list(dm.class_names), dm.num_classes
     weights = resolve_class_weights(_plain(cfg.loss), dm)
     rank_zero_only(dm.write_records)(output_dir, {"class_weights": weights, "weight_method": cfg.loss.get("weight_method") if weights else None})
     if weights is not None:

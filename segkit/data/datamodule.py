@@ -20,34 +20,57 @@ from segkit.data.datasets import (
     ShardSampler,
     WholeImageDataset,
 )
-from segkit.data.io import Pair, check_pair, find_pairs, read_image, read_mask
+from segkit.data.formats import ReadContext, Reading, read_dataset
 from segkit.data.stats import DatasetStats, compute_stats
 from segkit.data.synthetic import SyntheticSpec, ensure_synthetic
+from segkit.data.validate import check_samples, check_train_classes
 from segkit.errors import SegkitError
 
 SPLITS = ("train", "val", "test")
 
 
-def make_split(stems: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
-    """A seeded random split of ``stems`` into train/val/test (val and test get at least one image
-    each when their fraction is positive and there are images to spare)."""
+def make_split(
+    stems: list[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    groups: dict[str, str] | None = None,
+    fold: int | None = None,
+    num_folds: int = 5,
+) -> dict[str, list[str]]:
+    """A seeded random split of ``stems`` into train/val/test that never divides a group (patient,
+    slice, region: ``groups`` maps stem -> group; by default every image is its own group).
+
+    Fractions count groups. Val and test get at least one group each when their fraction is positive.
+    With ``fold`` (0-based) the groups left after the test split are dealt into ``num_folds`` folds and
+    fold ``fold`` is the validation split (k-fold cross-validation; ``val_fraction`` is then unused).
+    """
     for key, frac in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
         if not 0.0 <= frac < 1.0:
             raise SegkitError(f"{key} is {frac}; expected a fraction in [0, 1)")
-    n = len(stems)
-    order = np.random.default_rng(seed).permutation(n)
-    n_test = int(round(n * test_fraction)) if test_fraction > 0 else 0
-    n_val = int(round(n * val_fraction)) if val_fraction > 0 else 0
-    n_test = max(n_test, 1) if test_fraction > 0 else 0
-    n_val = max(n_val, 1) if val_fraction > 0 else 0
-    if n - n_val - n_test < 1:
+    groups = groups or {s: s for s in stems}
+    units = sorted({groups[s] for s in stems})
+    n = len(units)
+    order = [units[i] for i in np.random.default_rng(seed).permutation(n)]
+    n_test = max(int(round(n * test_fraction)), 1) if test_fraction > 0 else 0
+    test, rest = order[:n_test], order[n_test:]
+    if fold is not None:
+        if not 0 <= fold < num_folds or num_folds < 2:
+            raise SegkitError(f"data.fold is {fold} with data.num_folds={num_folds}; expected 0 <= fold < num_folds and num_folds >= 2")
+        if len(rest) < num_folds:
+            raise SegkitError(f"{len(rest)} groups cannot be dealt into data.num_folds={num_folds} folds; expected at least one group per fold")
+        val = rest[fold::num_folds]
+    else:
+        n_val = max(int(round(n * val_fraction)), 1) if val_fraction > 0 else 0
+        val = rest[:n_val]
+    train = [u for u in rest if u not in set(val)]
+    if not train:
         raise SegkitError(
-            f"{n} images cannot be split with data.val_fraction={val_fraction} and data.test_fraction={test_fraction}; "
-            "expected at least one image left for training"
+            f"{n} images/groups cannot be split with data.val_fraction={val_fraction} and data.test_fraction={test_fraction}; "
+            "expected at least one left for training"
         )
-    picked = [stems[i] for i in order]
-    split = {"test": sorted(picked[:n_test]), "val": sorted(picked[n_test : n_test + n_val]), "train": sorted(picked[n_test + n_val :])}
-    return split
+    pick = {u: name for name, us in (("test", test), ("val", val), ("train", train)) for u in us}
+    return {name: sorted(s for s in stems if pick[groups[s]] == name) for name in ("test", "val", "train")}
 
 
 def load_split_file(path: str | os.PathLike, stems: list[str]) -> dict[str, list[str]]:
@@ -72,6 +95,13 @@ def load_split_file(path: str | os.PathLike, stems: list[str]) -> dict[str, list
     return out
 
 
+def problem_summary(problems: list[str], root: Path) -> str:
+    """The first problem, then the count and the others one per line (the CLI prints it as is)."""
+    if len(problems) == 1:
+        return problems[0]
+    return f"{problems[0]}\n  ... and {len(problems) - 1} more problems under '{root}':\n  " + "\n  ".join(problems[1:])
+
+
 class SegDataModule(pl.LightningDataModule):
     """Semantic-segmentation data from ``<root>/images`` + ``<root>/masks``.
 
@@ -84,18 +114,22 @@ class SegDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str,
-        class_names: list[str],
-        num_classes: int,
+        class_names: list[str] | None,
+        num_classes: int | None,
         in_channels: int = 3,
         ignore_index: int = 255,
         name: str = "dataset",
         format: str = "darkfield",
+        format_options: dict | None = None,
+        value_map: dict | None = None,
         source: str = "",
         synthetic: dict | None = None,
         val_fraction: float = 0.2,
         test_fraction: float = 0.0,
         split_seed: int = 0,
         split_file: str | None = None,
+        fold: int | None = None,
+        num_folds: int = 5,
         crop_size: int = 256,
         crops_per_image: int = 1,
         batch_size: int = 8,
@@ -106,18 +140,19 @@ class SegDataModule(pl.LightningDataModule):
         layout: str = "",
     ) -> None:
         super().__init__()
-        if len(class_names) != num_classes:
+        if class_names is not None and num_classes is not None and len(class_names) != num_classes:
             raise SegkitError(
                 f"data.class_names has {len(class_names)} names {list(class_names)} but data.num_classes is "
                 f"{num_classes}; expected one name per class"
             )
         if normalize not in ("dataset", "none"):
             raise SegkitError(f"data.normalize is '{normalize}'; expected 'dataset' or 'none'")
-        if format != "darkfield":
-            raise SegkitError(f"data.format is '{format}'; this version of segkit reads 'darkfield' (images/ + masks/ PNG)")
         self.root = Path(root)
-        self.class_names = list(class_names)
-        self.num_classes = int(num_classes)
+        self.format, self.format_options, self.value_map = format, dict(format_options or {}), value_map
+        self.fold, self.num_folds = fold, int(num_folds)
+        #: filled from codes.txt by prepare() when data.class_names is null
+        self.class_names: list[str] = list(class_names) if class_names is not None else []
+        self.num_classes = int(num_classes) if num_classes is not None else len(self.class_names)
         self.in_channels = int(in_channels)
         self.ignore_index = int(ignore_index)
         self.name, self.source, self.layout = name, source, layout
@@ -135,40 +170,51 @@ class SegDataModule(pl.LightningDataModule):
         self._seed = 0
 
     # ------------------------------------------------------------------ preparation
-    def prepare(self) -> None:
-        """Decode, validate, split and compute train statistics (idempotent)."""
-        if self.stats is not None:
-            return
+    def read(self) -> Reading:
+        """Read every sample with the configured format and check it; problems are collected, not raised."""
         if self.synthetic is not None:
             ensure_synthetic(self.root, self.synthetic)
-        pairs = find_pairs(self.root, self.layout, self.source)
-        self._load(pairs)
-        stems = [p.stem for p in pairs]
+        ctx = ReadContext(self.root, self.in_channels, self.num_classes or None, self.value_map, self.layout, self.source)
+        reading = read_dataset(self.format, ctx, self.format_options)
+        if reading.class_names and not self.class_names:
+            self.class_names, self.num_classes = list(reading.class_names), len(reading.class_names)
+        elif reading.class_names and list(reading.class_names) != self.class_names:
+            reading.notes.append(f"'{self.root / 'codes.txt'}' names {reading.class_names} but data.class_names is {self.class_names}; using data.class_names")
+        if not self.class_names:
+            raise SegkitError(
+                f"data.class_names is not set and '{self.root / 'codes.txt'}' does not exist; expected a list of class names "
+                "(data.class_names=[background,cell]) or a codes.txt with one name per line"
+            )
+        reading.problems += check_samples(reading.samples, self.num_classes, self.ignore_index)
+        return reading
+
+    def make_split(self, reading: Reading) -> dict[str, list[str]]:
+        stems = [s.stem for s in reading.samples]
         if self.split_file:
-            self.split = load_split_file(self.split_file, stems)
-        else:
-            self.split = make_split(stems, self.val_fraction, self.test_fraction, self.split_seed)
+            return load_split_file(self.split_file, stems)
+        if reading.split is not None:
+            return {k: list(reading.split.get(k, [])) for k in SPLITS}
+        groups = {s.stem: s.group for s in reading.samples}
+        return make_split(stems, self.val_fraction, self.test_fraction, self.split_seed, groups, self.fold, self.num_folds)
+
+    def prepare(self) -> None:
+        """Read, validate, split and compute train statistics (idempotent). Every problem found is
+        reported in one error, one line per problem."""
+        if self.stats is not None:
+            return
+        reading = self.read()
+        if reading.problems:
+            raise SegkitError(problem_summary(reading.problems, self.root))
+        self._cache = {s.stem: (s.image, s.mask) for s in reading.samples}
+        self.groups = {s.stem: s.group for s in reading.samples}
+        self.split = self.make_split(reading)
         train = [self._cache[s] for s in self.split["train"]]
         self.stats = compute_stats([t[0] for t in train], [t[1] for t in train], self.num_classes, self.ignore_index)
+        missing = check_train_classes(self.stats.class_pixels, self.class_names, len(train))
+        if missing:
+            self.stats = None
+            raise SegkitError(problem_summary(missing, self.root))
         self._seed = int(torch.initial_seed() % 2**31)
-
-    def _load(self, pairs: list[Pair]) -> None:
-        problems: list[str] = []
-        for pair in pairs:
-            try:
-                image = read_image(pair.image, self.in_channels)
-                mask = read_mask(pair.mask)
-            except SegkitError as err:
-                problems.append(str(err))
-                continue
-            found = check_pair(pair, image, mask, self.num_classes, self.ignore_index)
-            if found:
-                problems.extend(found)
-                continue
-            self._cache[pair.stem] = (image, mask)
-        if problems:
-            more = f" (and {len(problems) - 1} more problems:\n  " + "\n  ".join(problems[1:]) + ")" if len(problems) > 1 else ""
-            raise SegkitError(problems[0] + more)
 
     def write_records(self, output_dir: str | os.PathLike, extra_stats: dict[str, Any] | None = None) -> None:
         """Write ``splits.json`` and ``data_stats.json`` (with anything in ``extra_stats``, e.g. the
@@ -176,7 +222,7 @@ class SegDataModule(pl.LightningDataModule):
         assert self.stats is not None, "call prepare() first"
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        splits = {"root": str(self.root), "seed": self.split_seed, **self.split}
+        splits = {"root": str(self.root), "seed": self.split_seed, "fold": self.fold, **self.split}
         (out / "splits.json").write_text(json.dumps(splits, indent=2) + "\n")
         stats = {"split": "train", "class_names": self.class_names, **self.stats.to_dict(), **(extra_stats or {})}
         (out / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
