@@ -38,6 +38,7 @@ TINY_MODELS = {
     "segnet": ["model=segnet", "model.base_width=4"],
     "fcn": ["model=fcn", "model.base_width=4"],
     "fcn_cardiac": ["model=fcn_cardiac", "model.width=4"],
+    "patchcnn": ["model=patchcnn", "model.widths=[4,4,4]", "model.hidden=8"],
     "smp": ["model=smp", "model.arch=FPN", "model.encoder=resnet18"],
 }
 

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from segkit.data.augment import BatchAugment
 from segkit.data.datasets import (
     PadCollate,
     RandomCropDataset,
@@ -132,6 +133,7 @@ class SegDataModule(pl.LightningDataModule):
         num_folds: int = 5,
         crop_size: int = 256,
         crops_per_image: int = 1,
+        sampling: str = "uniform",
         batch_size: int = 8,
         val_batch_size: int = 1,
         num_workers: int = 0,
@@ -160,9 +162,13 @@ class SegDataModule(pl.LightningDataModule):
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.split_file = split_file
         self.crop_size, self.crops_per_image = int(crop_size), int(crops_per_image)
+        self.sampling = sampling
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.num_workers = int(num_workers)
-        self.augment = {"hflip": True, "vflip": True, "rot90": True, **(augment or {})}
+        self.augment = dict(augment or {})
+        #: training augmentation, applied to whole batches on the training device after transfer
+        self.augmenter = BatchAugment.from_config(self.augment, ignore_index=self.ignore_index, value_range=255.0)
+        self._aug_generator: torch.Generator | None = None
         self.normalize = normalize
         self.split: dict[str, list[str]] = {}
         self.stats: DatasetStats | None = None
@@ -253,9 +259,21 @@ class SegDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         images, masks, _ = self.arrays("train")
-        ds = RandomCropDataset(images, masks, self.crop_size, self.crops_per_image, ignore_index=self.ignore_index, **self.augment)
+        # the loader only crops; flips, rotations, warps and intensity changes happen on the device
+        ds = RandomCropDataset(images, masks, self.crop_size, self.crops_per_image, ignore_index=self.ignore_index,
+                               hflip=False, vflip=False, rot90=False, sampling=self.sampling, num_classes=self.num_classes)
         sampler = ShardSampler(len(ds), shuffle=True, seed=self._seed, drop_uneven=True)
         return self._loader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False)
+
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        """Augment training batches where they now live (GPU or CPU); evaluation batches never."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return batch
+        if self._aug_generator is None:  # seeded per process: reproducible, different on each DDP rank
+            self._aug_generator = torch.Generator().manual_seed(self._seed * 1009 + trainer.global_rank)
+        image, mask = self.augmenter(batch["image"], batch["mask"], generator=self._aug_generator)
+        return {**batch, "image": image, "mask": mask}
 
     def _eval_loader(self, split: str) -> DataLoader:
         images, masks, stems = self.arrays(split)

@@ -35,18 +35,51 @@ class RandomCropDataset(Dataset):
         vflip: bool = True,
         rot90: bool = True,
         ignore_index: int = 255,
+        sampling: str = "uniform",
+        num_classes: int | None = None,
+        max_centres: int = 4096,
     ) -> None:
+        if sampling not in ("uniform", "class_balanced"):
+            from segkit.errors import SegkitError
+
+            raise SegkitError(f"data.sampling is '{sampling}'; expected 'uniform' or 'class_balanced'")
         self.images, self.masks = images, masks
         self.crop_size = int(crop_size)
         self.crops_per_image = int(crops_per_image)
         self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
         self.ignore_index = ignore_index
+        self.sampling = sampling
+        if sampling == "class_balanced":
+            # per class: (image index, flat pixel index) of up to max_centres random pixels per image
+            k = int(num_classes if num_classes is not None else max(int(m.max()) for m in masks) + 1)
+            rng = np.random.default_rng(0)
+            centres: list[list[np.ndarray]] = [[] for _ in range(k)]
+            for i, m in enumerate(masks):
+                flat = m.ravel()
+                for c in range(k):
+                    where = np.flatnonzero(flat == c)
+                    if len(where) > max_centres:
+                        where = rng.choice(where, max_centres, replace=False)
+                    if len(where):
+                        centres[c].append(np.stack([np.full(len(where), i), where], 1))
+            self.classes = [c for c in range(k) if centres[c]]
+            self.centres = {c: np.concatenate(centres[c]) for c in self.classes}
 
     def __len__(self) -> int:
         return len(self.images) * self.crops_per_image
 
+    def _centre(self, index: int) -> tuple[int, int, int]:
+        """Class-balanced sampling: item ``index`` is centred on a random pixel of class
+        ``classes[index % K]`` (so every class gets the same number of crop centres per epoch)."""
+        c = self.classes[index % len(self.classes)]
+        pool = self.centres[c]
+        i, flat = pool[int(torch.randint(0, len(pool), ()))]
+        w = self.masks[int(i)].shape[1]
+        return int(i), int(flat) // w, int(flat) % w
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        i = index % len(self.images)
+        centre = self._centre(index) if self.sampling == "class_balanced" else None
+        i = centre[0] if centre else index % len(self.images)
         image, mask = _to_chw(self.images[i]), torch.from_numpy(self.masks[i])
         s = self.crop_size
         _, h, w = image.shape
@@ -55,8 +88,12 @@ class RandomCropDataset(Dataset):
             image = torch.nn.functional.pad(image, (0, pw, 0, ph), value=0)
             mask = torch.nn.functional.pad(mask, (0, pw, 0, ph), value=self.ignore_index)
             h, w = mask.shape
-        y = int(torch.randint(0, h - s + 1, ()))
-        x = int(torch.randint(0, w - s + 1, ()))
+        if centre:  # the crop's centre pixel (s // 2, s // 2) is the chosen pixel, shifted inside the image
+            y = min(max(centre[1] - s // 2, 0), h - s)
+            x = min(max(centre[2] - s // 2, 0), w - s)
+        else:
+            y = int(torch.randint(0, h - s + 1, ()))
+            x = int(torch.randint(0, w - s + 1, ()))
         image, mask = image[:, y : y + s, x : x + s], mask[y : y + s, x : x + s]
         coins = torch.rand(3)
         if self.hflip and coins[0] < 0.5:

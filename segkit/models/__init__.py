@@ -9,11 +9,12 @@ from __future__ import annotations
 from torch import nn
 
 from .fcn import FCN, CardiacFCN
+from .patchcnn import PatchCNN
 from .segnet import SegNet
 from .smp import SMPModel
 from .unet import UNet
 
-__all__ = ["FCN", "CardiacFCN", "SMPModel", "SegNet", "UNet", "output_stride"]
+__all__ = ["FCN", "CardiacFCN", "PatchCNN", "SMPModel", "SegNet", "UNet", "output_stride"]
 
 
 def output_stride(model: nn.Module) -> int:

@@ -105,3 +105,63 @@ def test_eval_batches_hold_images_of_one_size():
     assert sorted(i for b in batches for i in b) == list(range(6))
     assert all(len({sizes[i] for i in b}) == 1 and len(b) <= 2 for b in batches)
     assert batches == [[0, 2], [1, 4], [3], [5]]
+
+
+def test_group_aware_split_never_divides_a_group_and_k_fold_covers_each_group_once():
+    stems = [f"p{p}_s{s}" for p in range(6) for s in range(3)]
+    groups = {s: s.split("_")[0] for s in stems}
+    split = make_split(stems, 0.34, 0.17, seed=0, groups=groups)
+    owner = {}
+    for name, members in split.items():
+        for s in members:
+            assert owner.setdefault(groups[s], name) == name  # a patient's slices all in one split
+    assert sorted(sum(split.values(), [])) == sorted(stems)
+    assert len({groups[s] for s in split["test"]}) == 1 and len({groups[s] for s in split["val"]}) == 2
+    folds = [make_split(stems, 0.0, 0.0, seed=0, groups=groups, fold=k, num_folds=3) for k in range(3)]
+    val_groups = [sorted({groups[s] for s in f["val"]}) for f in folds]
+    assert sorted(sum(val_groups, [])) == [f"p{p}" for p in range(6)]  # each group validated exactly once
+    with pytest.raises(SegkitError, match="data.fold"):
+        make_split(stems, 0.0, 0.0, seed=0, groups=groups, fold=3, num_folds=3)
+
+
+class _FakeTrainer:
+    def __init__(self, training: bool) -> None:
+        self.training, self.global_rank = training, 0
+
+
+def test_training_batches_are_augmented_on_the_device_and_eval_batches_never(tmp_path):
+    _folder(tmp_path / "d", [(32, 32)] * 6)
+    dm = SegDataModule(root=str(tmp_path / "d"), class_names=["a", "b", "c"], num_classes=3, val_fraction=0.34,
+                       crop_size=32, augment={"hflip": True, "vflip": True, "rot90": True, "brightness": 0.3})
+    dm.prepare()
+    batch = next(iter(dm.train_dataloader()))
+    dm.trainer = _FakeTrainer(training=False)
+    same = dm.on_after_batch_transfer(batch, 0)
+    assert same["image"] is batch["image"] and same["mask"] is batch["mask"]
+    dm.trainer = _FakeTrainer(training=True)
+    out = dm.on_after_batch_transfer(batch, 0)
+    assert out["image"].dtype == torch.float32 and out["image"].shape == batch["image"].shape
+    assert not torch.equal(out["image"], batch["image"].float())
+    for k in range(batch["mask"].shape[0]):  # each mask is one of the 8 flips/rotations of its input
+        m = batch["mask"][k]
+        variants = [torch.rot90(f, r, (0, 1)) for f in (m, m.flip(-1)) for r in range(4)]
+        assert any(torch.equal(out["mask"][k], v) for v in variants)
+
+
+def test_unknown_augmentation_key_is_named(tmp_path):
+    with pytest.raises(SegkitError, match=r"data\.augment\.elastic "):
+        SegDataModule(root=str(tmp_path), class_names=["a", "b"], num_classes=2, augment={"elastic": 1})
+
+
+def test_class_balanced_sampling_centres_crops_equally_on_every_class():
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 20:40] = 1  # 400 px
+    mask[30, 10:13] = 2  # 3 px: about 0.07 % of the image
+    image = np.zeros((64, 64, 3), np.uint8)
+    ds = RandomCropDataset([image], [mask], crop_size=9, crops_per_image=300, hflip=False, vflip=False, rot90=False,
+                           sampling="class_balanced", num_classes=3)
+    torch.manual_seed(0)
+    centres = [int(ds[i]["mask"][4, 4]) for i in range(len(ds))]
+    assert np.bincount(centres, minlength=3).tolist() == [100, 100, 100]
+    uniform = RandomCropDataset([image], [mask], crop_size=9, crops_per_image=300, hflip=False, vflip=False, rot90=False)
+    assert np.bincount([int(uniform[i]["mask"][4, 4]) for i in range(300)], minlength=3)[2] < 10

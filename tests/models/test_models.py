@@ -361,6 +361,7 @@ SMALL_OVERRIDES: dict[str, dict] = {
     "unet": {"base_width": 4},
     "fcn": {"base_width": 4},
     "fcn_cardiac": {"width": 4},
+    "patchcnn": {"widths": [4, 4, 4], "hidden": 8},
     "smp": {},
 }
 # Parameter counts of each config's defaults at in_channels=3, num_classes=3, from the formulas above.
@@ -369,6 +370,7 @@ DEFAULT_PARAMS: dict[str, Callable[[], int]] = {
     "unet": lambda: unet_params(3, 3, 4, 16, "transpose", True),
     "fcn": lambda: fcn_params(3, 3, "8s", 16, True),
     "fcn_cardiac": lambda: cardiac_params(3, 3, 100),
+    "patchcnn": lambda: conv(3, 32, 4) + bn(32) + conv(32, 64, 3) + bn(64) + conv(64, 64, 3) + bn(64) + conv(64, 128, 4) + conv(128, 3, 1),
 }
 
 
@@ -407,3 +409,32 @@ def test_config_default_parameter_counts(name: str) -> None:
     with torch.device("meta"):
         model = instantiate(_load(name))
     assert n_params(model) == DEFAULT_PARAMS[name]()
+
+
+def test_patchcnn_dense_output_equals_the_strided_patch_network_at_every_pixel():
+    """One dense forward pass == the write-up's patch classifier (strided pools, flatten + FC) applied to
+    the 31x31 patch around each pixel, computed here independently with the same weights."""
+    from segkit.models import PatchCNN
+
+    torch.manual_seed(0)
+    net = PatchCNN(1, 3, widths=(4, 6, 5), hidden=7, dropout=0.0).eval()
+    f, c = net.features, net.classifier
+    x = torch.randn(1, 1, 17, 19)
+
+    def patch_net(patch: torch.Tensor) -> torch.Tensor:
+        h = F.relu(f[1](F.conv2d(patch, f[0].weight, f[0].bias)))
+        h = F.max_pool2d(h, 2)  # stride 2, as in the write-up
+        h = F.relu(f[5](F.conv2d(h, f[4].weight, f[4].bias)))
+        h = F.max_pool2d(h, 2)
+        h = F.relu(f[9](F.conv2d(h, f[8].weight, f[8].bias)))
+        assert h.shape[-2:] == (4, 4)
+        h = F.relu(F.linear(h.flatten(1), c[0].weight.flatten(1), c[0].bias))  # fc1 on the flattened 4x4 grid
+        return F.linear(h, c[3].weight.flatten(1), c[3].bias)  # fc2
+
+    with torch.no_grad():
+        dense = net(x)
+        padded = F.pad(x, (15,) * 4, mode="reflect")
+        assert dense.shape == (1, 3, 17, 19) and output_stride(net) == 1
+        for y in range(17):
+            for xx in range(19):
+                torch.testing.assert_close(dense[0, :, y, xx], patch_net(padded[..., y : y + 31, xx : xx + 31])[0], atol=1e-5, rtol=1e-4)

@@ -31,6 +31,21 @@ def _binarise(label: np.ndarray, positive: str) -> tuple[np.ndarray, int]:
     return (~interior if positive == "membrane" else interior).astype(np.uint8), grey
 
 
+def _read_stack(path: Path) -> np.ndarray:
+    """A multi-page TIFF as ``[slices, H, W]`` (no channel guessing: 3 pages are 3 slices)."""
+    import tifffile
+
+    try:
+        arr = tifffile.imread(path)
+    except Exception as err:  # noqa: BLE001 - any decoder failure is the file's problem
+        raise SegkitError(f"cannot read '{path}': {type(err).__name__}: {err}; expected a readable multi-page TIFF") from None
+    if arr.ndim == 4 and arr.shape[-1] in (1, 3, 4):
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3):
+        raise SegkitError(f"'{path}' holds an array of shape {arr.shape}; expected slices x height x width")
+    return arr
+
+
 @register("isbi2012")
 def read_isbi2012(ctx: ReadContext, options: dict) -> Reading:
     positive = options.pop("positive", "membrane")
@@ -61,7 +76,7 @@ def read_isbi2012(ctx: ReadContext, options: dict) -> Reading:
             reading.problems.append(f"labels without a slice image in '{png_images}': {orphans}; expected train/image/N.png for each")
     elif volume.is_file() and labels.is_file():
         try:
-            vol, lab = read_array(volume), read_array(labels)
+            vol, lab = _read_stack(volume), _read_stack(labels)
         except SegkitError as err:
             reading.problems.append(str(err))
             return reading
