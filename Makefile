@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.segkit-installed
 ARGS ?=
 
-.PHONY: help install train test test-slow test-all lint format clean
+.PHONY: help install train test test-slow test-all bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,8 +31,11 @@ test-slow: install  ## slow and real-data tests (real-data ones skip without ../
 
 test-all: test test-slow  ## everything CI runs
 
+bench: install  ## benchmarks -> BENCHMARKS.md and benchmarks/results.json (QUICK=1: fewer repeats)
+	$(PY) -m benchmarks.run $(if $(QUICK),--quick,)
+
 lint: install  ## ruff
-	$(PY) -m ruff check segkit tests
+	$(PY) -m ruff check segkit tests benchmarks
 
 format: install
 	$(PY) -m ruff format segkit tests

@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 try:
-    from segkit.data.augment import BatchAugment
+    from segkit.data.augment import BatchAugment  # noqa: E402
 except ModuleNotFoundError:  # run as a script from a checkout without an installed segkit
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from segkit.data.augment import BatchAugment
+    from segkit.data.augment import BatchAugment  # noqa: E402
 
 BATCH, CHANNELS, SIZE, CLASSES = 32, 3, 256, 4
 

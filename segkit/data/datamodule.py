@@ -3,6 +3,7 @@ random crops for training and whole images for evaluation."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -140,6 +141,7 @@ class SegDataModule(pl.LightningDataModule):
         augment: dict | None = None,
         normalize: str = "dataset",
         layout: str = "",
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
@@ -163,6 +165,9 @@ class SegDataModule(pl.LightningDataModule):
         self.split_file = split_file
         self.crop_size, self.crops_per_image = int(crop_size), int(crops_per_image)
         self.sampling = sampling
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        #: "cached" when the train statistics came from the cache, "computed" otherwise
+        self.stats_source = ""
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.num_workers = int(num_workers)
         self.augment = dict(augment or {})
@@ -215,12 +220,52 @@ class SegDataModule(pl.LightningDataModule):
         self.groups = {s.stem: s.group for s in reading.samples}
         self.split = self.make_split(reading)
         train = [self._cache[s] for s in self.split["train"]]
-        self.stats = compute_stats([t[0] for t in train], [t[1] for t in train], self.num_classes, self.ignore_index)
+        self.stats = self._cached_stats(reading, lambda: compute_stats([t[0] for t in train], [t[1] for t in train], self.num_classes, self.ignore_index))
         missing = check_train_classes(self.stats.class_pixels, self.class_names, len(train))
         if missing:
             self.stats = None
             raise SegkitError(problem_summary(missing, self.root))
         self._seed = int(torch.initial_seed() % 2**31)
+
+    def stats_key(self, reading: Reading) -> str:
+        """Hash of what the train statistics depend on: the train files (path, size, mtime), the split,
+        the reader and its options, the value map and the class count."""
+        by_stem = {s.stem: s for s in reading.samples}
+        files = []
+        for stem in self.split["train"]:
+            sample = by_stem[stem]
+            for src in (sample.source, sample.mask_source):
+                path = Path(src.split("[", 1)[0]) if src else None
+                st = path.stat() if path is not None and path.exists() else None
+                files.append([src, st.st_size if st else None, st.st_mtime_ns if st else None])
+        payload = {"files": files, "format": self.format, "options": self.format_options, "value_map": self.value_map,
+                   "num_classes": self.num_classes, "ignore_index": self.ignore_index, "in_channels": self.in_channels, "version": 1}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _cached_stats(self, reading: Reading, compute) -> DatasetStats:
+        """Train statistics from ``<cache_dir>/stats-<name>-<key>.json`` when present, else computed and
+        written there (atomically; an unwritable cache dir only costs the recomputation)."""
+        if self.cache_dir is None:
+            self.stats_source = "computed"
+            return compute()
+        path = self.cache_dir / f"stats-{self.name}-{self.stats_key(reading)}.json"
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+                self.stats_source = "cached"
+                return DatasetStats(**{k: data[k] for k in ("num_images", "num_pixels", "mean", "std", "class_pixels", "present_pixels")})
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreadable cache entry: recompute and overwrite it
+        stats = compute()
+        self.stats_source = "computed"
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+            tmp.replace(path)
+        except OSError:
+            pass
+        return stats
 
     def write_records(self, output_dir: str | os.PathLike, extra_stats: dict[str, Any] | None = None) -> None:
         """Write ``splits.json`` and ``data_stats.json`` (with anything in ``extra_stats``, e.g. the
@@ -230,7 +275,7 @@ class SegDataModule(pl.LightningDataModule):
         out.mkdir(parents=True, exist_ok=True)
         splits = {"root": str(self.root), "seed": self.split_seed, "fold": self.fold, **self.split}
         (out / "splits.json").write_text(json.dumps(splits, indent=2) + "\n")
-        stats = {"split": "train", "class_names": self.class_names, **self.stats.to_dict(), **(extra_stats or {})}
+        stats = {"split": "train", "class_names": self.class_names, "stats_source": self.stats_source, **self.stats.to_dict(), **(extra_stats or {})}
         (out / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
 
     @property

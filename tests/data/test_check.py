@@ -200,3 +200,35 @@ def test_sixteen_bit_tiff_images_are_scaled_per_image(tmp_path, capsys):
     got = read_image(tmp_path / "images" / "0.tif", 1)[..., 0]
     expected = np.clip(np.round((img - lo) * 255 / (hi - lo)), 0, 255)
     assert got.dtype == np.uint8 and np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_stats_are_cached_keyed_by_the_train_files_and_reused(tmp_path, capsys):
+    from segkit.data.datamodule import SegDataModule
+
+    _good(tmp_path / "d")
+    kw = dict(root=str(tmp_path / "d"), class_names=["bg", "fg"], num_classes=2, format="folder", cache_dir=str(tmp_path / "cache"))
+    first = SegDataModule(**kw)
+    first.prepare()
+    assert first.stats_source == "computed" and len(list((tmp_path / "cache").glob("stats-*.json"))) == 1
+    again = SegDataModule(**kw)
+    again.prepare()
+    assert again.stats_source == "cached" and again.stats == first.stats
+    train_stem = first.split["train"][0]  # a changed training file changes the key
+    write_pair(tmp_path / "d", train_stem, _image(), _mask())
+    changed = SegDataModule(**kw)
+    changed.prepare()
+    assert changed.stats_source == "computed" and len(list((tmp_path / "cache").glob("stats-*.json"))) == 2
+
+
+def test_stats_command_prints_the_train_split_table(tmp_path, capsys):
+    _good(tmp_path, n=5)
+    code = data_main(["stats", "data=folder", f"data.root={tmp_path}", "data.test_fraction=0", f"paths.data_dir={tmp_path / 'd'}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    from segkit.data.datamodule import SegDataModule
+
+    dm = SegDataModule(root=str(tmp_path), class_names=["background", "foreground"], num_classes=2, format="folder")
+    dm.prepare()
+    fg = dm.stats.class_frequency[1]
+    assert f"foreground | {fg:.5f} | 4/4" in out  # every training mask has foreground
+    assert f"{dm.stats.mean[0] * 255:12.2f}" in out and "w median_frequency" in out and "splits: train 4, val 1, test 0" in out
