@@ -32,7 +32,8 @@ def machine() -> dict:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "gpu": gpu, "python": platform.python_version()}
+    load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "gpu": gpu, "python": platform.python_version(), "load_average_1_5_15_min": load}
 
 
 def render(results: dict) -> str:
@@ -41,7 +42,8 @@ def render(results: dict) -> str:
         "# segkit benchmarks",
         "",
         f"Written by `make bench{' QUICK=1' if results['quick'] else ''}` on {results['date']}.",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, GPU: {m['gpu'] or 'none'}.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, GPU: {m['gpu'] or 'none'}; load average at the start "
+        f"{m['load_average_1_5_15_min']} (1/5/15 min: other jobs on the machine slow every figure below).",
         "Ratios are measured side by side in one run; absolute figures move with the machine's load.",
         "",
         "## Input pipeline: batched augmentation (one CPU thread)",

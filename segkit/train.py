@@ -71,6 +71,17 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str) -> st
     return str(ckpt_path)
 
 
+def write_run_config(cfg: DictConfig, output_dir: Path, dm: SegDataModule) -> None:
+    """``run_config.yaml``: the resolved config with an absolute ``data.root``, so ``segkit.eval`` and
+    ``segkit.predict`` can rebuild the run's data from anywhere (``.hydra/`` keeps the raw one)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain["data"]["root"] = str(Path(dm.root).resolve())
+    if plain["data"].get("cache_dir"):
+        plain["data"]["cache_dir"] = str(Path(plain["data"]["cache_dir"]).resolve())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(plain), output_dir / "run_config.yaml")
+
+
 def build_module(cfg: DictConfig, dm: SegDataModule, class_weights: list[float] | None) -> SegModule:
     mean, std = dm.norm_mean_std
     scheduler = _plain(cfg.get("scheduler")) or None
@@ -123,6 +134,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             cfg.data.class_names, cfg.data.num_classes = list(dm.class_names), dm.num_classes
     weights = resolve_class_weights(_plain(cfg.loss), dm)
     rank_zero_only(dm.write_records)(output_dir, {"class_weights": weights, "weight_method": cfg.loss.get("weight_method") if weights else None})
+    rank_zero_only(write_run_config)(cfg, output_dir, dm)
     if weights is not None:
         rank_zero_info(f"segkit: class weights {dict(zip(dm.class_names, [round(w, 4) for w in weights], strict=True))}")
 

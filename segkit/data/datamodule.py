@@ -142,6 +142,8 @@ class SegDataModule(pl.LightningDataModule):
         normalize: str = "dataset",
         layout: str = "",
         cache_dir: str | None = None,
+        object_classes: list[str] | None = None,
+        edge_class: str | None = None,
     ) -> None:
         super().__init__()
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
@@ -166,6 +168,8 @@ class SegDataModule(pl.LightningDataModule):
         self.crop_size, self.crops_per_image = int(crop_size), int(crops_per_image)
         self.sampling = sampling
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        #: names of the classes whose connected components are objects (evaluation / prediction only)
+        self.object_classes, self.edge_class = list(object_classes or []), edge_class
         #: "cached" when the train statistics came from the cache, "computed" otherwise
         self.stats_source = ""
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)

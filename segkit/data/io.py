@@ -57,6 +57,8 @@ def read_array(path: str | Path, palette_as_index: bool = False) -> np.ndarray:
         raise SegkitError(f"'{path}' holds an array of shape {tuple(arr.shape)}; expected [H, W] or [H, W, C]")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
+    if not arr.flags.writeable:  # PIL hands out read-only views; torch wants owned memory
+        arr = arr.copy()
     return arr
 
 

@@ -1,0 +1,130 @@
+"""The PNGs of an evaluation report (matplotlib, headless): confusion matrix, per-class bars, training
+curves read back from the run's TensorBoard or CSV logs, and worst-image overlays with a class legend."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from segkit.callbacks import PALETTE, colorize, confusion_figure, overlay  # noqa: E402
+
+
+def confusion_png(cm: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
+    fig = confusion_figure(cm, list(class_names), "confusion matrix (pooled pixels; colour = share of the true class)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def class_bar_png(pooled: dict, mean: dict, class_names: Sequence[str], path: Path) -> Path:
+    """Grouped bars per class: IoU, Dice, precision, recall (pooled), and IoU mean over images."""
+    keys = [("iou", "IoU (pooled)", pooled), ("dice", "Dice (pooled)", pooled), ("precision", "precision (pooled)", pooled),
+            ("recall", "recall = per-class accuracy (pooled)", pooled), ("iou", "IoU (mean over images)", mean)]
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * n + 3), 4.8), dpi=110)
+    width = 0.8 / len(keys)
+    for j, (key, label, src) in enumerate(keys):
+        vals = [src.get(f"{key}/{c}", float("nan")) for c in class_names]
+        xs = np.arange(n) + (j - (len(keys) - 1) / 2) * width
+        bars = ax.bar(xs, [0 if math.isnan(v) else v for v in vals], width, label=label)
+        for b, v in zip(bars, vals, strict=True):
+            ax.text(b.get_x() + b.get_width() / 2, (0 if math.isnan(v) else v) + 0.01, "n/a" if math.isnan(v) else f"{v:.2f}",
+                    ha="center", va="bottom", fontsize=7, rotation=90)
+    ax.set_xticks(range(n), class_names)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("score")
+    ax.set_title("per-class scores")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def read_curves(run_dir: str | Path | None) -> dict[str, list[tuple[int, float]]]:
+    """Scalars per tag as (step, value) from the run's TensorBoard events (or CSV logger metrics)."""
+    if not run_dir:
+        return {}
+    run = Path(run_dir)
+    events = sorted(run.glob("**/events.out.tfevents.*"))
+    curves: dict[str, list[tuple[int, float]]] = {}
+    if events:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        for ev in events:
+            acc = EventAccumulator(str(ev), size_guidance={"scalars": 0, "images": 1})
+            acc.Reload()
+            for tag in acc.Tags().get("scalars", []):
+                curves.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+        return curves
+    for metrics_csv in sorted(run.glob("**/metrics.csv")):
+        with metrics_csv.open() as fh:
+            for row in csv.DictReader(fh):
+                step = int(float(row.get("step") or 0))
+                for tag, value in row.items():
+                    if tag not in ("step", "epoch") and value not in (None, ""):
+                        curves.setdefault(tag, []).append((step, float(value)))
+    return curves
+
+
+def curves_png(run_dir: str | Path | None, path: Path) -> Path | None:
+    """Losses and validation mIoU against the training step; None when the run has no logs."""
+    curves = read_curves(run_dir)
+    panels = [("loss", ["train/loss", "val/loss"]), ("mIoU", ["train/miou", "val/miou"])]
+    if not any(t in curves for _, tags in panels for t in tags):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
+    for ax, (title, tags) in zip(axes, panels, strict=True):
+        for tag in tags:
+            if tag in curves:
+                pts = sorted(curves[tag])
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=2.5, label=tag)
+        ax.set_xlabel("training step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if "val/miou" in curves:
+        best = max(curves["val/miou"], key=lambda p: p[1])
+        axes[1].annotate(f"best {best[1]:.3f}", best, textcoords="offset points", xytext=(-30, -15), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def worst_overlay_png(image: np.ndarray, mask: np.ndarray, pred: np.ndarray, class_names: Sequence[str], path: Path, title: str,
+                      max_width: int = 1600) -> Path:
+    """input | truth | prediction overlay | error map (red: wrong, grey: ignored), with a class legend."""
+    img = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+    wrong = (pred != mask) & (mask != 255)
+    err = (img.astype(np.float32) * 0.35).astype(np.uint8)
+    err[wrong] = (255, 30, 30)
+    err[mask == 255] = (128, 128, 128)
+    panels = [img, colorize(mask), overlay(img, pred), err]
+    titles = ["input", "truth", "prediction", f"errors ({wrong.mean() * 100:.1f} % of pixels)"]
+    h, w = mask.shape
+    scale = min(1.0, max_width / (4 * w))
+    fig, axes = plt.subplots(1, 4, figsize=(max(8.0, 4 * w * scale / 100), max(2.5, h * scale / 100 + 0.9)), dpi=100)
+    for ax, p, t in zip(axes, panels, titles, strict=True):
+        ax.imshow(p, interpolation="nearest")
+        ax.set_title(t, fontsize=9)
+        ax.axis("off")
+    handles = [Patch(color=PALETTE[i % len(PALETTE)] / 255.0, label=f"{i} {n}") for i, n in enumerate(class_names)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

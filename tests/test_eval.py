@@ -1,0 +1,127 @@
+"""``segkit.eval``: numbers against a NumPy recount, both aggregations, report files, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segkit.errors import SegkitError
+from segkit.eval import run_eval
+from segkit.module import SegModule
+from segkit.train import train
+from tests.conftest import REPO, TINY_DATA, TINY_MODELS, cli_env, compose_cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaltrain")
+    cfg = compose_cfg(tmp, TINY_DATA + TINY_MODELS["unet"] + ["trainer.max_epochs=2", "data.synthetic.num_images=10"])
+    metrics, objects = train(cfg)
+    return Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt", objects["datamodule"], metrics, tmp
+
+
+def _eval(tmp: Path, *overrides: str):
+    cfg = compose_cfg(tmp, list(overrides), config_name="eval")
+    return run_eval(cfg)
+
+
+def _numpy_scores(module, images, masks):
+    """Independent recount: per-image and pooled IoU/Dice from boolean masks."""
+    k = module.num_classes
+    inter, union, psum, tsum, per_image = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k), []
+    with torch.no_grad():
+        for image, mask in zip(images, masks, strict=True):
+            pred = module(torch.from_numpy(image).permute(2, 0, 1)[None]).argmax(1)[0].numpy()
+            i_iou = []
+            for c in range(k):
+                p, t = pred == c, mask == c
+                inter[c] += (p & t).sum()
+                union[c] += (p | t).sum()
+                psum[c] += p.sum()
+                tsum[c] += t.sum()
+                u = (p | t).sum()
+                i_iou.append((p & t).sum() / u if u else np.nan)
+            per_image.append(i_iou)
+    pooled_iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    pooled_dice = np.where(psum + tsum > 0, 2 * inter / np.maximum(psum + tsum, 1), np.nan)
+    return pooled_iou, pooled_dice, np.nanmean(np.array(per_image), 0)
+
+
+def test_eval_matches_a_numpy_recount_in_both_aggregations_and_writes_the_report(trained):
+    ckpt, dm, train_metrics, tmp = trained
+    out = tmp / "eval1"
+    result = _eval(tmp, f"ckpt_path={ckpt}", f"paths.output_dir={out}")
+    module = SegModule.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu").eval()
+    images, masks, _ = dm.arrays("val")
+    pooled_iou, pooled_dice, mean_iou = _numpy_scores(module, images, masks)
+    names = module.class_names
+    for c, name in enumerate(names):
+        if not np.isnan(pooled_iou[c]):
+            assert result["pooled"][f"iou/{name}"] == pytest.approx(pooled_iou[c], abs=1e-9)
+            assert result["pooled"][f"dice/{name}"] == pytest.approx(pooled_dice[c], abs=1e-9)
+            assert result["mean_over_images"][f"iou/{name}"] == pytest.approx(mean_iou[c], abs=1e-9)
+    # same split as training: the pooled mIoU is what train's own re-validation of best.ckpt reported
+    assert result["pooled"]["miou"] == pytest.approx(train_metrics["val/miou"], abs=1e-9)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["split"] == "val" and saved["num_images"] == len(images)
+    assert saved["confusion_matrix"] == result["confusion"].tolist()
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    assert len(rows) == len(images) and {"image", "miou", f"iou/{names[1]}", f"recall/{names[2]}"} <= set(rows[0])
+    report = (out / "eval_report.md").read_text()
+    assert "pooled over the dataset" in report.lower() and "mean over images" in report.lower()
+    for png in ["confusion_matrix.png", "per_class.png", "training_curves.png", *[f"worst/{p.name}" for p in (out / "worst").glob("*.png")]]:
+        assert (out / png).stat().st_size > 5000, png
+        assert f"]({png})" in report
+        Image.open(out / png).verify()
+    assert len(list((out / "worst").glob("*.png"))) == min(6, len(images))
+
+
+def test_eval_on_a_folder_the_model_never_saw(trained, tmp_path):
+    ckpt, dm, _, tmp = trained
+    # a different folder in another format: images as TIFF, masks as NPY, every sample evaluated
+    import tifffile
+
+    root = tmp_path / "unseen"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    images, masks, stems = dm.arrays("train")
+    for image, mask, stem in zip(images[:3], masks[:3], stems[:3], strict=True):
+        tifffile.imwrite(root / "images" / f"u{stem}.tif", image)
+        np.save(root / "masks" / f"u{stem}.npy", mask)
+    result = _eval(tmp_path, f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'out'}", "data=folder", f"data.root={root}",
+                   "data.class_names=[background,rbc,spirochaete]", "data.num_classes=3", "split=all", "data.object_classes=[]")
+    assert len(result["per_image"]) == 3 and (tmp_path / "out" / "eval_report.md").is_file()
+
+
+def test_eval_refuses_missing_and_foreign_checkpoints(tmp_path):
+    with pytest.raises(SegkitError, match="does not exist"):
+        _eval(tmp_path, f"ckpt_path={tmp_path / 'nope.ckpt'}", f"paths.output_dir={tmp_path / 'o'}")
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    with pytest.raises(SegkitError, match="is not a segkit checkpoint"):
+        _eval(tmp_path, f"ckpt_path={foreign}", f"paths.output_dir={tmp_path / 'o'}")
+
+
+def test_eval_refuses_data_with_other_classes(trained, tmp_path):
+    ckpt, dm, _, tmp = trained
+    with pytest.raises(SegkitError, match="trained on"):
+        _eval(tmp, f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'o'}", "data=folder", f"data.root={dm.root}",
+              "data.class_names=[a,b,c]", "data.num_classes=3")
+
+
+def test_eval_cli_bad_checkpoint_is_one_sentence(tmp_path):
+    bad = tmp_path / "junk.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    proc = subprocess.run([sys.executable, "-m", "segkit.eval", f"ckpt_path={bad}", f"paths.log_dir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("segkit: error:")]
+    assert len(lines) == 1 and "junk.ckpt" in lines[0] and "not a segkit checkpoint" in lines[0]
