@@ -423,3 +423,21 @@ def test_match_count_equals_a_brute_force_maximum_matching(threshold):
     best = int(np.sum((iou >= threshold)[rows, cols]))
     r = match_objects(pred_inst, pred_cls, true_inst, true_cls, iou_threshold=threshold)
     assert r["overall"]["tp"] == best
+
+
+def test_sizes_command_compares_object_tables(tmp_path, capsys):
+    from scipy.stats import ks_2samp
+
+    from segkit.analysis.__main__ import main as analysis_main
+
+    a, b = [10.0, 12, 14, 16, 18], [100.0, 110, 120, 130]
+    for name, values in (("a.csv", a), ("b.csv", b)):
+        rows = [{"image": "x", "id": i + 1, "class": "cell", "area": v} for i, v in enumerate(values)]
+        rows.append({"image": "x", "id": 99, "class": "edge", "area": 5000})  # another class: ignored
+        write_objects_csv(rows, tmp_path / name)
+    png = tmp_path / "sizes.png"
+    assert analysis_main(["sizes", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--class", "cell", "--labels", "A", "B", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    ref = ks_2samp(a, b)
+    assert "A: 5 cell objects" in out and f"D = {ref.statistic:.4f}, p = {ref.pvalue:.4g}" in out
+    assert png.stat().st_size > 5000
