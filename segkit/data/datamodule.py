@@ -311,7 +311,9 @@ class SegDataModule(pl.LightningDataModule):
         # the loader only crops; flips, rotations, warps and intensity changes happen on the device
         ds = RandomCropDataset(images, masks, self.crop_size, self.crops_per_image, ignore_index=self.ignore_index,
                                hflip=False, vflip=False, rot90=False, sampling=self.sampling, num_classes=self.num_classes)
-        sampler = ShardSampler(len(ds), shuffle=True, seed=self._seed, drop_uneven=True)
+        # class_balanced: item i is centred on class i % K (at a random pixel of a random image), so an
+        # unshuffled sampler makes every batch cycle through the classes: equal counts per batch
+        sampler = ShardSampler(len(ds), shuffle=self.sampling != "class_balanced", seed=self._seed, drop_uneven=True)
         return self._loader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False)
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:

@@ -165,3 +165,20 @@ def test_class_balanced_sampling_centres_crops_equally_on_every_class():
     assert np.bincount(centres, minlength=3).tolist() == [100, 100, 100]
     uniform = RandomCropDataset([image], [mask], crop_size=9, crops_per_image=300, hflip=False, vflip=False, rot90=False)
     assert np.bincount([int(uniform[i]["mask"][4, 4]) for i in range(300)], minlength=3)[2] < 10
+
+
+def test_class_balanced_batches_hold_equal_class_counts(tmp_path):
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        m = np.zeros((40, 40), np.uint8)
+        m[5:25, 5:25] = 1
+        m[30, 30:33] = 2  # rare
+        write_pair(root, f"{i:03d}", rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), m)
+    dm = SegDataModule(root=str(root), class_names=["a", "b", "c"], num_classes=3, val_fraction=0.25, crop_size=9,
+                       crops_per_image=12, batch_size=6, sampling="class_balanced", augment={})
+    dm.prepare()
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 6  # 3 train images x 12 crops / 6
+    for batch in batches:
+        assert np.bincount(batch["mask"][:, 4, 4].numpy(), minlength=3).tolist() == [2, 2, 2]
