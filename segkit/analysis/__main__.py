@@ -14,6 +14,8 @@ import itertools
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from segkit.analysis.objects import size_distribution_test, size_histogram_png
 from segkit.errors import SegkitError, exit_on_user_error
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SegkitError(f"--labels has {len(labels)} names for {len(args.tables)} tables; expected one per table")
         groups = {lab: read_sizes(t, args.class_name, args.value) for lab, t in zip(labels, args.tables, strict=True)}
         for lab, values in groups.items():
-            print(f"{lab}: {len(values)} {args.class_name} objects" + (f", median {args.value} {sorted(values)[len(values) // 2]:.1f}" if values else ""))
+            print(f"{lab}: {len(values)} {args.class_name} objects" + (f", median {args.value} {float(np.median(values)):.1f}" if values else ""))
         for a, b in itertools.combinations(groups, 2):
             r = size_distribution_test(groups[a], groups[b])
             print(f"KS {a} vs {b}: D = {r['statistic']:.4f}, p = {r['pvalue']:.4g}" + (f" ({r['reason']})" if r.get("reason") else ""))
