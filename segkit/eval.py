@@ -17,7 +17,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segkit import CONF_DIR
 from segkit.errors import SegkitError, exit_on_user_error
@@ -94,29 +94,49 @@ def _nanmean(values: list[float]) -> float:
 
 
 def evaluate(
-    module: SegModule,
+    predict_labels: Callable[[np.ndarray], np.ndarray],
+    class_names: Sequence[str],
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
     stems: Sequence[str],
     ignore_index: int,
-    tile: int = 1024,
-    overlap: float = 0.25,
-    batch_size: int = 4,
 ) -> dict[str, Any]:
-    """Predict every image; return the pooled and per-image confusion matrices, scores and predictions."""
-    k = module.num_classes
-    names = module.class_names
+    """Label every image with ``predict_labels`` (``[H, W, C]`` uint8 -> ``[H, W]`` class ids); return the
+    pooled and per-image confusion matrices, their scores and the predictions."""
+    k = len(class_names)
     pooled = torch.zeros(k, k, dtype=torch.long)
     rows, preds = [], []
     for image, mask, stem in zip(images, masks, stems, strict=True):
-        pred = predict_probs(module, image, tile, overlap, batch_size).argmax(0)
-        cm = confusion_matrix(pred, torch.from_numpy(mask.astype(np.int64)), k, ignore_index)
+        pred = np.asarray(predict_labels(image)).astype(np.uint8)
+        cm = confusion_matrix(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)), k, ignore_index)
         pooled += cm
-        rows.append({"image": stem, "pixels": int(cm.sum()), **image_scores(cm, names)})
-        preds.append(pred.numpy().astype(np.uint8))
-    pooled_scores = image_scores(pooled, names)
+        rows.append({"image": stem, "pixels": int(cm.sum()), **image_scores(cm, class_names)})
+        preds.append(pred)
+    pooled_scores = image_scores(pooled, class_names)
     mean_scores = {key: _nanmean([r[key] for r in rows]) for key in pooled_scores}
     return {"confusion": pooled, "pooled": pooled_scores, "mean_over_images": mean_scores, "per_image": rows, "predictions": preds}
+
+
+def label_function(modules: Sequence[SegModule], inference: dict, tta: dict, post: dict | None) -> Callable[[np.ndarray], np.ndarray]:
+    """Image -> labels: one checkpoint, or an ensemble averaged in probability space, with optional
+    test-time flips/rotations, then ``post`` (segkit.inference.postprocess) or the argmax."""
+    from segkit.inference import postprocess
+    from segkit.predict import make_predictor
+
+    tile, overlap, batch = int(inference.get("tile", 1024)), float(inference.get("overlap", 0.25)), int(inference.get("batch_size", 4))
+    plain = len(modules) == 1 and not (tta.get("flips") or tta.get("rot90"))
+
+    def labels(image: np.ndarray) -> np.ndarray:
+        if plain:
+            probs = predict_probs(modules[0], image, tile, overlap, batch)
+        else:
+            predictor = make_predictor(modules, {"tile": tile, "overlap": overlap, "batch_size": batch, **inference}, tta, image.shape[0] * image.shape[1])
+            with torch.inference_mode():
+                probs = predictor(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        p = probs.numpy()
+        return postprocess(p, post) if post else p.argmax(0)
+
+    return labels
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -209,6 +229,10 @@ def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, i
         f"Data: `{meta['data']['name']}` at `{meta['data']['root']}`, split **{meta['split']}** ({len(rows)} images, "
         f"{int(cm.sum())} labelled pixels), from {meta['data_source']}. Device {meta['device']}, {meta['wall_time_s']:.1f} s.",
         "",
+        f"Prediction: {len(meta['checkpoints'])} checkpoint(s){' averaged in probability space' if len(meta['checkpoints']) > 1 else ''}; "
+        f"test-time augmentation {meta['tta'] or 'none'}; post-processing: {meta['postprocess'] or 'none (argmax)'} "
+        f"(from {meta['postprocess_source']}).",
+        "",
         "## Scores",
         "",
         "| metric | pooled over the dataset | mean over images |",
@@ -250,11 +274,33 @@ def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, i
     return report
 
 
+def eval_postprocess(value: Any, ckpt: Path) -> tuple[dict | None, str]:
+    """``postprocess``: null = argmax; ``tuned`` = postprocess.json next to the first checkpoint; or a mapping."""
+    if value is None:
+        return None, "none (argmax)"
+    if isinstance(value, str):
+        if value != "tuned":
+            raise SegkitError(f"postprocess is '{value}'; expected null, tuned, or a mapping of post-processing keys")
+        from segkit.predict import POSTPROCESS_FILE, load_postprocess
+
+        post, source = load_postprocess(None, ckpt)
+        if post is None:
+            raise SegkitError(f"postprocess=tuned but '{ckpt.parent / POSTPROCESS_FILE}' does not exist; run segkit.tune_postprocess first")
+        return post, source
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value), "postprocess=... on the command line"
+
+
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
-    ckpt = Path(str(cfg.ckpt_path))
+    raw = cfg.ckpt_path
+    ckpts = [Path(str(p)) for p in (raw if isinstance(raw, ListConfig | list | tuple) else [raw])]
+    ckpt = ckpts[0]
     device = resolve_device(str(cfg.device))
-    module = load_checkpoint(ckpt, device)
+    modules = [load_checkpoint(p, device) for p in ckpts]
+    module = modules[0]
+    for p, m in zip(ckpts[1:], modules[1:], strict=True):
+        if m.class_names != module.class_names:
+            raise SegkitError(f"checkpoint '{p}' predicts {m.class_names} but '{ckpt}' predicts {module.class_names}; expected an ensemble over the same classes")
     dm, data_source = eval_data(cfg, ckpt)
     dm.prepare()
     if list(dm.class_names) != list(module.class_names):
@@ -265,11 +311,17 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     if dm.in_channels != module.norm_mean.shape[1]:
         raise SegkitError(f"data.in_channels is {dm.in_channels} but checkpoint '{ckpt}' expects {module.norm_mean.shape[1]} channels")
     images, masks, stems, split = select_split(dm, str(cfg.split))
-    inf = cfg.get("inference") or {}
-    result = evaluate(module, images, masks, stems, dm.ignore_index, int(inf.get("tile", 1024)), float(inf.get("overlap", 0.25)), int(inf.get("batch_size", 4)))
+    inference = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") else {}
+    tta = OmegaConf.to_container(cfg.tta, resolve=True) if cfg.get("tta") else {}
+    post, post_source = eval_postprocess(cfg.get("postprocess"), ckpt)
+    result = evaluate(label_function(modules, inference, tta, post), list(module.class_names), images, masks, stems, dm.ignore_index)
     out = Path(cfg.paths.output_dir)
     meta = {
         "checkpoint": str(ckpt),
+        "checkpoints": [str(p) for p in ckpts],
+        "tta": tta,
+        "postprocess": post,
+        "postprocess_source": post_source,
         "run_dir": str(_run_dir(ckpt)),
         "split": split,
         "num_images": len(stems),

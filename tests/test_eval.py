@@ -125,3 +125,27 @@ def test_eval_cli_bad_checkpoint_is_one_sentence(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("segkit: error:")]
     assert len(lines) == 1 and "junk.ckpt" in lines[0] and "not a segkit checkpoint" in lines[0]
+
+
+def test_eval_of_an_ensemble_with_postprocessing_matches_a_manual_recount(trained, tmp_path):
+    from segkit.inference import postprocess
+
+    ckpt, dm, _, tmp = trained
+    post = {"thresholds": {1: 0.9}, "min_object_size": 4}
+    result = _eval(tmp, f"ckpt_path=[{ckpt},{ckpt}]", f"paths.output_dir={tmp_path / 'o'}", "postprocess={thresholds: {1: 0.9}, min_object_size: 4}",
+                   "tta.flips=true")
+    module = SegModule.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu").eval()
+    images, masks, _ = dm.arrays("val")
+    inter = union = 0
+    with torch.no_grad():
+        for image, mask in zip(images, masks, strict=True):
+            x = torch.from_numpy(image).permute(2, 0, 1)[None]
+            views = [torch.softmax(module(x), 1), torch.softmax(module(x.flip(-1)), 1).flip(-1), torch.softmax(module(x.flip(-2)), 1).flip(-2)]
+            labels = postprocess(torch.stack(views).mean(0)[0].numpy(), post)
+            inter += np.sum((labels == 1) & (mask == 1))
+            union += np.sum((labels == 1) | (mask == 1))
+    assert result["pooled"]["iou/rbc"] == pytest.approx(inter / union, abs=1e-4)
+    report = (tmp_path / "o" / "eval_report.md").read_text()
+    assert "2 checkpoint(s) averaged in probability space" in report and "'min_object_size': 4" in report
+    with pytest.raises(SegkitError, match="run segkit.tune_postprocess first"):
+        _eval(tmp, f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'p'}", "postprocess=tuned")
