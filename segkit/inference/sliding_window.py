@@ -105,7 +105,9 @@ def _logits(fn: Callable[[Tensor], Tensor], x: Tensor, stride: int, num_classes:
             f"the model returned logits of shape {tuple(out.shape)} for input {(x.shape[0], x.shape[1], ph, pw)}, "
             f"expected [{x.shape[0]}, {num_classes}, {ph}, {pw}]"
         )
-    return out[..., :h, :w].float()
+    # back to NCHW once: a channels_last network returns NHWC-strided logits, and softmax, weighting and the
+    # accumulation into the NCHW canvas would each pay for the layout mismatch
+    return out[..., :h, :w].float().contiguous()
 
 
 @torch.inference_mode()
