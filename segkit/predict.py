@@ -75,7 +75,8 @@ def stitch_device_for(setting: str, pixels: int, model_device: torch.device) -> 
     return torch.device(setting)
 
 
-def make_predictor(modules: Sequence[SegModule], inference: dict, tta: dict, pixels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def make_predictor(modules: Sequence[SegModule], inference: dict, tta: dict, pixels: int,
+                   progress: Callable[[int, int], None] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """``image uint8 [C, H, W]`` -> probabilities ``[K, H, W]`` (on the CPU): ensemble of sliding-window
     predictions, each optionally averaged over test-time flips/rotations."""
     from segkit.inference import ensemble_probs, sliding_window_probs, tta_probs
@@ -90,7 +91,7 @@ def make_predictor(modules: Sequence[SegModule], inference: dict, tta: dict, pix
         def probs(image: torch.Tensor) -> torch.Tensor:
             return sliding_window_probs(window, image.to(device), module.num_classes, tile=int(inference.get("tile", 512)),
                                         overlap=float(inference.get("overlap", 0.25)), stride=1, batch_size=int(inference.get("batch_size", 4)),
-                                        blend=str(inference.get("blend", "gaussian")), stitch_device=stitch).cpu()
+                                        blend=str(inference.get("blend", "gaussian")), stitch_device=stitch, progress=progress).cpu()
 
         if tta.get("flips") or tta.get("rot90"):
             return lambda image: tta_probs(probs, image, flips=bool(tta.get("flips")), rot90=bool(tta.get("rot90")))
@@ -149,38 +150,51 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         object_classes, edge_class = list(data_cfg.get("object_classes") or []), data_cfg.get("edge_class")
     inference = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") else {}
     tta = OmegaConf.to_container(cfg.tta, resolve=True) if cfg.get("tta") else {}
-    from rich.progress import track
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from segkit.inference import postprocess
 
     pooled_rows: list[dict] = []
     done = []
-    for path in track(files, description=f"predicting {len(files)} images", transient=True):
-        image = to_image(read_array(path), path, in_channels)
-        h, w = image.shape[:2]
-        predictor = make_predictor(modules, inference, tta, h * w)
-        with torch.inference_mode():
-            probs = predictor(torch.from_numpy(image).permute(2, 0, 1))
-        probs_np = probs.numpy()
-        labels = postprocess(probs_np, post) if post else probs_np.argmax(0).astype(np.uint8)
-        stem = path.stem
-        px = float(cfg.pixel_size) if cfg.get("pixel_size") else pixel_size_of(path)
-        save_labels(labels, names, out, stem, px)
-        rgb = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
-        Image.fromarray(overlay(rgb, labels)).save(out / f"{stem}_overlay.png")
-        if cfg.get("save_probabilities"):
-            np.save(out / f"{stem}_probs.npy", probs_np.astype(np.float32))
-        if object_classes:
-            from segkit.analysis import instances, object_table, write_objects_csv
-            from segkit.analysis.report import class_ids
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+    bar.start()
+    images_task = bar.add_task("images", total=len(files))
+    tiles_task = bar.add_task("tiles of this image", total=1)
 
-            ids = class_ids(object_classes, names, "data.object_classes")
-            edge = class_ids([edge_class], names, "data.edge_class")[0] if edge_class else None
-            inst, inst_cls = instances(labels, ids, edge)
-            rows = object_table(inst, inst_cls, names, px, stem)
-            write_objects_csv(rows, out / f"{stem}_objects.csv")
-            pooled_rows += rows
-        done.append({"image": str(path), "size": [h, w], "pixel_size_um": px})
+    def on_tiles(done_tiles: int, total_tiles: int) -> None:
+        bar.update(tiles_task, completed=done_tiles, total=total_tiles)
+
+    try:
+        for path in files:
+            image = to_image(read_array(path), path, in_channels)
+            h, w = image.shape[:2]
+            bar.update(tiles_task, completed=0, description=f"tiles of {path.name}")
+            predictor = make_predictor(modules, inference, tta, h * w, progress=on_tiles)
+            with torch.inference_mode():
+                probs = predictor(torch.from_numpy(image).permute(2, 0, 1))
+            probs_np = probs.numpy()
+            labels = postprocess(probs_np, post) if post else probs_np.argmax(0).astype(np.uint8)
+            stem = path.stem
+            px = float(cfg.pixel_size) if cfg.get("pixel_size") else pixel_size_of(path)
+            save_labels(labels, names, out, stem, px)
+            rgb = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+            Image.fromarray(overlay(rgb, labels)).save(out / f"{stem}_overlay.png")
+            if cfg.get("save_probabilities"):
+                np.save(out / f"{stem}_probs.npy", probs_np.astype(np.float32))
+            if object_classes:
+                from segkit.analysis import instances, object_table, write_objects_csv
+                from segkit.analysis.report import class_ids
+
+                ids = class_ids(object_classes, names, "data.object_classes")
+                edge = class_ids([edge_class], names, "data.edge_class")[0] if edge_class else None
+                inst, inst_cls = instances(labels, ids, edge)
+                rows = object_table(inst, inst_cls, names, px, stem)
+                write_objects_csv(rows, out / f"{stem}_objects.csv")
+                pooled_rows += rows
+            done.append({"image": str(path), "size": [h, w], "pixel_size_um": px})
+            bar.update(images_task, advance=1)
+    finally:
+        bar.stop()
     if object_classes:
         from segkit.analysis import write_objects_csv
 
