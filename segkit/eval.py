@@ -61,22 +61,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@torch.inference_mode()
 def predict_probs(module: SegModule, image: np.ndarray, tile: int = 1024, overlap: float = 0.25, batch_size: int = 4) -> torch.Tensor:
-    """Softmax probabilities ``[K, H, W]`` (on the CPU) for one ``[H, W, C]`` uint8 image: one forward
-    pass when it fits in ``tile`` x ``tile``, else a Gaussian-blended sliding window."""
-    device = module.norm_mean.device
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device)
-    h, w = image.shape[:2]
-    if h * w <= tile * tile:
-        return torch.softmax(module(x).float(), 1)[0].cpu()
-    from segkit.inference import sliding_window_probs
+    """Softmax probabilities ``[K, H, W]`` (on the CPU) for one ``[H, W, C]`` uint8 image, by the same
+    path as ``segkit.predict``: one forward pass when it fits in a tile, else a Gaussian-blended sliding window."""
+    return label_probs([module], {"tile": tile, "overlap": overlap, "batch_size": batch_size}, {})(image)
 
-    def fn(t: torch.Tensor) -> torch.Tensor:
-        return module(t)
 
-    return sliding_window_probs(fn, x[0], module.num_classes, tile=tile, overlap=overlap, stride=1, batch_size=batch_size,
-                                stitch_device="cpu").cpu()
+def label_probs(modules: Sequence[SegModule], inference: dict, tta: dict) -> Callable[[np.ndarray], torch.Tensor]:
+    """``[H, W, C]`` uint8 image -> probabilities ``[K, H, W]`` (CPU): ``segkit.predict.make_predictor``
+    (sliding window, ensemble, TTA) with eval's defaults (tiles of 1024, stitched on the CPU)."""
+    from segkit.predict import make_predictor
+
+    settings = {"tile": 1024, "overlap": 0.25, "batch_size": 4, "stitch_device": "cpu", **inference}
+
+    def probs(image: np.ndarray) -> torch.Tensor:
+        predictor = make_predictor(modules, settings, tta, image.shape[0] * image.shape[1])
+        with torch.inference_mode():
+            return predictor(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+
+    return probs
 
 
 def image_scores(cm: torch.Tensor, class_names: Sequence[str]) -> dict[str, float]:
@@ -121,19 +124,11 @@ def label_function(modules: Sequence[SegModule], inference: dict, tta: dict, pos
     """Image -> labels: one checkpoint, or an ensemble averaged in probability space, with optional
     test-time flips/rotations, then ``post`` (segkit.inference.postprocess) or the argmax."""
     from segkit.inference import postprocess
-    from segkit.predict import make_predictor
 
-    tile, overlap, batch = int(inference.get("tile", 1024)), float(inference.get("overlap", 0.25)), int(inference.get("batch_size", 4))
-    plain = len(modules) == 1 and not (tta.get("flips") or tta.get("rot90"))
+    probs_of = label_probs(modules, inference, tta)
 
     def labels(image: np.ndarray) -> np.ndarray:
-        if plain:
-            probs = predict_probs(modules[0], image, tile, overlap, batch)
-        else:
-            predictor = make_predictor(modules, {"tile": tile, "overlap": overlap, "batch_size": batch, **inference}, tta, image.shape[0] * image.shape[1])
-            with torch.inference_mode():
-                probs = predictor(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-        p = probs.numpy()
+        p = probs_of(image).numpy()
         return postprocess(p, post) if post else p.argmax(0)
 
     return labels
@@ -167,8 +162,7 @@ def select_split(dm, split: str) -> tuple[list[np.ndarray], list[np.ndarray], li
     if split == "auto":
         split = "test" if dm.split.get("test") else "val"
     if split == "all":
-        stems = sorted(dm._cache)
-        return [dm._cache[s][0] for s in stems], [dm._cache[s][1] for s in stems], stems, "all"
+        return (*dm.arrays("all"), "all")
     if split not in ("train", "val", "test"):
         raise SegkitError(f"split is '{split}'; expected auto, test, val, train or all")
     if not dm.split.get(split):

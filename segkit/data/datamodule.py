@@ -290,7 +290,8 @@ class SegDataModule(pl.LightningDataModule):
         return self.stats.mean, self.stats.std
 
     def arrays(self, split: str) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-        stems = self.split.get(split, [])
+        """Images, masks and stems of ``split`` (``train``/``val``/``test``, or ``all``: every sample read)."""
+        stems = sorted(self._cache) if split == "all" else self.split.get(split, [])
         return [self._cache[s][0] for s in stems], [self._cache[s][1] for s in stems], list(stems)
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -310,7 +311,7 @@ class SegDataModule(pl.LightningDataModule):
         images, masks, _ = self.arrays("train")
         # the loader only crops; flips, rotations, warps and intensity changes happen on the device
         ds = RandomCropDataset(images, masks, self.crop_size, self.crops_per_image, ignore_index=self.ignore_index,
-                               hflip=False, vflip=False, rot90=False, sampling=self.sampling, num_classes=self.num_classes)
+                               sampling=self.sampling, num_classes=self.num_classes)
         # class_balanced: item i is centred on class i % K (at a random pixel of a random image), so an
         # unshuffled sampler makes every batch cycle through the classes: equal counts per batch
         sampler = ShardSampler(len(ds), shuffle=self.sampling != "class_balanced", seed=self._seed, drop_uneven=True)

@@ -19,8 +19,9 @@ def _to_chw(image: np.ndarray) -> torch.Tensor:
 class RandomCropDataset(Dataset):
     """Random ``crop_size`` crops for training, ``crops_per_image`` per image per epoch.
 
-    Images smaller than the crop are padded (image with 0, mask with ``ignore_index``). Flips and
-    90-degree rotations are applied with probability 1/2 each when enabled. Items are
+    Images smaller than the crop are padded (image with 0, mask with ``ignore_index``). Flips,
+    rotations and every other augmentation happen later, on whole batches on the training device
+    (:class:`segkit.data.augment.BatchAugment`). Items are
     ``{"image": uint8 [C, S, S], "mask": uint8 [S, S]}``; randomness comes from torch's generator,
     so ``seed_everything`` makes it reproducible.
     """
@@ -31,9 +32,6 @@ class RandomCropDataset(Dataset):
         masks: Sequence[np.ndarray],
         crop_size: int,
         crops_per_image: int = 1,
-        hflip: bool = True,
-        vflip: bool = True,
-        rot90: bool = True,
         ignore_index: int = 255,
         sampling: str = "uniform",
         num_classes: int | None = None,
@@ -46,7 +44,6 @@ class RandomCropDataset(Dataset):
         self.images, self.masks = images, masks
         self.crop_size = int(crop_size)
         self.crops_per_image = int(crops_per_image)
-        self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
         self.ignore_index = ignore_index
         self.sampling = sampling
         if sampling == "class_balanced":
@@ -95,13 +92,6 @@ class RandomCropDataset(Dataset):
             y = int(torch.randint(0, h - s + 1, ()))
             x = int(torch.randint(0, w - s + 1, ()))
         image, mask = image[:, y : y + s, x : x + s], mask[y : y + s, x : x + s]
-        coins = torch.rand(3)
-        if self.hflip and coins[0] < 0.5:
-            image, mask = image.flip(-1), mask.flip(-1)
-        if self.vflip and coins[1] < 0.5:
-            image, mask = image.flip(-2), mask.flip(-2)
-        if self.rot90 and coins[2] < 0.5:
-            image, mask = image.rot90(1, (-2, -1)), mask.rot90(1, (-2, -1))
         return {"image": image.contiguous(), "mask": mask.contiguous()}
 
 

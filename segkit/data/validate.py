@@ -23,7 +23,7 @@ def _suggest_value_map(values: list[int], num_classes: int, ignore_index: int) -
     return ""
 
 
-def check_sample(sample: Sample, num_classes: int, ignore_index: int) -> list[str]:
+def check_sample(sample: Sample, num_classes: int, ignore_index: int, values: list[int] | None = None) -> list[str]:
     """Problems of one decoded sample (empty when it is fine)."""
     problems = []
     image, mask = sample.image, sample.mask
@@ -34,7 +34,8 @@ def check_sample(sample: Sample, num_classes: int, ignore_index: int) -> list[st
         )
     if image.size and int(image.min()) == int(image.max()):
         problems.append(f"image '{sample.source}' is blank (every pixel {int(image.min())}); expected an image with content (remove it or fix the export)")
-    values = [int(v) for v in np.unique(mask)]
+    if values is None:  # the mask's distinct values (check_samples passes them, computed once)
+        values = [int(v) for v in np.unique(mask)]
     bad = [v for v in values if v >= num_classes and v != ignore_index]
     if bad:
         lossy = Path(sample.mask_source).suffix.lower() in LOSSY_SUFFIXES
@@ -51,10 +52,12 @@ def check_sample(sample: Sample, num_classes: int, ignore_index: int) -> list[st
 
 
 def check_samples(samples: Sequence[Sample], num_classes: int, ignore_index: int) -> list[str]:
-    problems = [p for s in samples for p in check_sample(s, num_classes, ignore_index)]
+    problems: list[str] = []
     values: set[int] = set()
     for s in samples:
-        values.update(int(v) for v in np.unique(s.mask))
+        mask_values = [int(v) for v in np.unique(s.mask)]
+        problems += check_sample(s, num_classes, ignore_index, mask_values)
+        values.update(mask_values)
     if samples and values == {0, ignore_index} and ignore_index == 255:
         problems.append(
             f"every mask holds only 0 and 255 (e.g. '{samples[0].mask_source}'), and 255 is data.ignore_index, so all "

@@ -158,12 +158,12 @@ def test_class_balanced_sampling_centres_crops_equally_on_every_class():
     mask[20:40, 20:40] = 1  # 400 px
     mask[30, 10:13] = 2  # 3 px: about 0.07 % of the image
     image = np.zeros((64, 64, 3), np.uint8)
-    ds = RandomCropDataset([image], [mask], crop_size=9, crops_per_image=300, hflip=False, vflip=False, rot90=False,
+    ds = RandomCropDataset([image], [mask], crop_size=9, crops_per_image=300,
                            sampling="class_balanced", num_classes=3)
     torch.manual_seed(0)
     centres = [int(ds[i]["mask"][4, 4]) for i in range(len(ds))]
     assert np.bincount(centres, minlength=3).tolist() == [100, 100, 100]
-    uniform = RandomCropDataset([image], [mask], crop_size=9, crops_per_image=300, hflip=False, vflip=False, rot90=False)
+    uniform = RandomCropDataset([image], [mask], crop_size=9, crops_per_image=300)
     assert np.bincount([int(uniform[i]["mask"][4, 4]) for i in range(300)], minlength=3)[2] < 10
 
 
