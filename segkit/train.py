@@ -6,8 +6,11 @@ Hydra and returns ``cfg.optimized_metric`` so any Hydra sweeper can optimise it.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
+import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -19,8 +22,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from torch import nn
 
 from segkit import CONF_DIR
+from segkit.checkpointing import AtomicCheckpointIO, load_checkpoint_dict
 from segkit.data import SegDataModule
 from segkit.data.stats import class_weights as compute_class_weights
 from segkit.errors import SegkitError, exit_on_user_error
@@ -99,10 +104,16 @@ def build_module(cfg: DictConfig, dm: SegDataModule, class_weights: list[float] 
     )
 
 
-def build_trainer(cfg: DictConfig) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, module: SegModule | None = None) -> pl.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer_cfg = _plain(cfg.trainer)
+    if trainer_cfg.get("deterministic") is True and module is not None:
+        lacking = sorted({type(m).__name__ for m in module.modules() if isinstance(m, NON_DETERMINISTIC_LAYERS)})
+        if lacking:
+            trainer_cfg["deterministic"] = "warn"
+            rank_zero_info(f"segkit: trainer.deterministic=true, but {', '.join(lacking)} has no deterministic kernel in torch; "
+                           "running with deterministic='warn' (every other op deterministic, a warning where one is not)")
     accelerator = trainer_cfg.get("accelerator", "auto")
     precision, note = resolve_precision(trainer_cfg.pop("precision", "auto"), accelerator)
     if note:
@@ -110,19 +121,140 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(accelerator):
         trainer_cfg["sync_batchnorm"] = False
         rank_zero_info("segkit: trainer.sync_batchnorm=true needs CUDA (torch's SyncBatchNorm); on CPU each process keeps its own BatchNorm statistics")
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, precision=precision)
+    job = _multirun_job()
+    if job is not None:
+        strategy, note = sweep_safe_strategy(trainer_cfg)
+        if note:
+            trainer_cfg["strategy"] = strategy
+            rank_zero_info(f"segkit: {note}")
+        devices = _gpu_for_job(trainer_cfg, job)
+        if devices is not None:
+            trainer_cfg["devices"] = devices
+    plugins = list(trainer_cfg.pop("plugins", None) or []) + [AtomicCheckpointIO()]
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, precision=precision, plugins=plugins)
+
+
+#: layers for which torch.use_deterministic_algorithms(True) raises (CPU and CUDA alike)
+NON_DETERMINISTIC_LAYERS: tuple[type, ...] = (nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d)
+
+
+def _multirun_job() -> int | None:
+    """This job's number inside a Hydra multirun (sweep), else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    return int(hc.job.num) if hc.mode == RunMode.MULTIRUN else None
+
+
+def _processes_created_externally() -> bool:
+    """SLURM (srun started one task per device) or torchrun started the processes: DDP attaches to them."""
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def _many_devices(devices: Any) -> bool:
+    """``trainer.devices`` asks for more than one device (-1 and "-1" mean all of them)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    text = str(devices).strip()
+    if text == "auto":
+        return False
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()]) > 1
+    return int(text) != 1
+
+
+def sweep_safe_strategy(trainer_cfg: dict) -> tuple[str | None, str | None]:
+    """Inside a Hydra sweep, Lightning's ``ddp`` would re-execute the whole command line (``-m`` and all)
+    once per device, so every rank would start its own sweep. ``ddp_spawn`` forks the ranks from this
+    trial instead. Processes started by SLURM/torchrun are left alone. Returns (strategy, note)."""
+    strategy = str(trainer_cfg.get("strategy", "auto"))
+    many = int(trainer_cfg.get("num_nodes", 1)) > 1 or _many_devices(trainer_cfg.get("devices", 1))
+    if strategy.startswith("ddp") and "spawn" not in strategy and many and not _processes_created_externally():
+        spawn = strategy.replace("ddp", "ddp_spawn", 1)
+        return spawn, (f"trainer.strategy={strategy} inside a sweep would re-run the whole sweep on every rank; "
+                       f"this trial uses {spawn} (or launch the sweep with hydra/launcher=slurm, one task per GPU)")
+    return strategy, None
+
+
+def _gpu_for_job(trainer_cfg: dict, job: int) -> list[int] | None:
+    """Parallel sweep trials on a multi-GPU machine: trial ``k`` with ``devices: 1`` takes GPU ``k % n``."""
+    import torch
+
+    if trainer_cfg.get("devices", 1) != 1 or runs_on_cpu(trainer_cfg.get("accelerator", "auto")):
+        return None
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2 or _processes_created_externally():
+        return None
+    return [job % torch.cuda.device_count()]
 
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def task_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job (empty when ``train`` is called without Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):
+        return []
+
+
+def write_status(output_dir: Path, status: str, **fields: Any) -> None:
+    """``status.json`` of a run: running / completed / failed (with a one-sentence reason). A run killed
+    outright (SIGKILL, power loss) stays ``running``; ``segkit.summarize`` shows it as such."""
+    path = Path(output_dir) / "status.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record.update({"status": status, **fields})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".status.json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line for status.json and the sweep log."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if not isinstance(err, SegkitError) else text
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, re-evaluate the best checkpoint on validation (and test), write ``metrics.json``.
 
     Returns the flat metrics and the objects built (``datamodule``, ``module``, ``trainer``).
+    ``status.json`` in the run directory says running, completed, or failed with the reason.
     """
     started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    if rank_zero_only.rank == 0:
+        resumed = cfg.get("ckpt_path") is not None and (output_dir / "status.json").is_file()
+        write_status(output_dir, "running", reason=None, finished_at=None,
+                     **({"resumed_at": _now()} if resumed else {"started_at": _now(), "overrides": task_overrides()}))
+    try:
+        metrics, objects = _train(cfg, started)
+    except BaseException as err:
+        if rank_zero_only.rank == 0:
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            write_status(output_dir, status, reason=failure_reason(err) or status, finished_at=_now(),
+                         wall_time_s=round(time.perf_counter() - started, 2))
+        raise
+    if rank_zero_only.rank == 0:
+        summary = json.loads((output_dir / "metrics.json").read_text())
+        write_status(output_dir, "completed", reason=None, finished_at=_now(), wall_time_s=summary["wall_time_s"],
+                     epochs_trained=summary["epochs_trained"], best_epoch=summary["best_epoch"])
+    return metrics, objects
+
+
+def _train(cfg: DictConfig, started: float) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir = Path(cfg.paths.output_dir)
@@ -139,7 +271,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         rank_zero_info(f"segkit: class weights {dict(zip(dm.class_names, [round(w, 4) for w in weights], strict=True))}")
 
     module = build_module(cfg, dm, weights)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, module)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
 
@@ -168,13 +300,48 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log_hparams(trainer, cfg, summary["metrics"])
         _print_summary(metrics, dm.class_names, summary)
         print(f"Run directory: {output_dir}", flush=True)
     return metrics, {"datamodule": dm, "module": module, "trainer": trainer}
 
 
+def hparam_summary(cfg: DictConfig) -> dict[str, Any]:
+    """The run's hyper-parameters as flat primitives for TensorBoard's HParams tab: the main choices
+    plus every key the command line set."""
+    def short(node: Any) -> str | None:
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        return str(target).rsplit(".", 1)[-1] if target else None
+
+    out: dict[str, Any] = {
+        "lr": cfg.get("lr"), "seed": cfg.get("seed"), "model": short(cfg.model), "loss": cfg.loss.get("name") or short(cfg.loss),
+        "optimizer": short(cfg.optimizer), "scheduler": short(cfg.get("scheduler")) or "none", "data": cfg.data.get("name"),
+        "crop_size": cfg.data.get("crop_size"), "batch_size": cfg.data.get("batch_size"), "max_epochs": cfg.trainer.get("max_epochs"),
+    }
+    for override in task_overrides():
+        key, _, value = override.lstrip("+~").partition("=")
+        if key and not key.startswith("hydra") and key != "ckpt_path":
+            out[key] = value
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in out.items() if v is not None}
+
+
+def log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float | None]) -> None:
+    """Fill TensorBoard's HParams tab with the final (re-evaluated best-checkpoint) metrics, under
+    ``hparams/<metric>`` so the training curves get no extra points."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    final = {f"hparams/{k}": v for k, v in metrics.items() if v is not None and "/loss" not in k}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger) and final:
+            logger.log_hyperparams(hparam_summary(cfg), metrics=final)
+            logger.finalize("success")
+
+
 def _stage_metrics(trainer: pl.Trainer, module: SegModule, stage: str) -> dict[str, float]:
     """The stage's scores from the confusion matrix its last epoch pooled (all processes), and its loss."""
+    if stage not in module.last_confusion:  # ddp_spawn: the ranks ran in child processes; Lightning
+        # sends back rank 0's logged metrics, which are already reduced over every process
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
     out = flat_scores(module.last_confusion[stage], module.class_names, stage)
     loss = trainer.callback_metrics.get(f"{stage}/loss")
     if loss is not None:
@@ -185,9 +352,7 @@ def _stage_metrics(trainer: pl.Trainer, module: SegModule, stage: str) -> dict[s
 def _best_epoch(ckpt: str | None) -> int | None:
     if not ckpt:
         return None
-    import torch
-
-    return int(torch.load(ckpt, map_location="cpu", weights_only=True).get("epoch", -1)) + 1  # 1-based
+    return int(load_checkpoint_dict(ckpt).get("epoch", -1)) + 1  # 1-based
 
 
 def _print_summary(metrics: dict[str, float], class_names: list[str], summary: dict) -> None:
@@ -203,10 +368,70 @@ def _print_summary(metrics: dict[str, float], class_names: list[str], summary: d
     print(f"best epoch {summary['best_epoch']}, {summary['epochs_trained']} epochs, {summary['wall_time_s']:.0f} s", flush=True)
 
 
+#: config groups of conf/train.yaml: a resumed run keeps the ones it was started with
+CONFIG_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "paths",
+                 "hydra", "experiment", "debug", "hparams_search")
+
+
+def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """``ckpt_path=last`` or a checkpoint inside a segkit run directory: continue THAT run, in its own
+    directory, with its own config (``.hydra/config.yaml``), split and statistics; the same TensorBoard
+    run gets the new points. Plain ``key=value`` overrides given now still apply (e.g. a larger
+    ``trainer.max_epochs``); config groups cannot change. A checkpoint outside a run directory starts a
+    new run from those weights and optimizer state."""
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
+    if ckpt is None:
+        return cfg
+    ckpt_file = Path(ckpt).resolve()
+    run_dir = ckpt_file.parent.parent
+    saved = run_dir / ".hydra" / "config.yaml"
+    if ckpt_file.parent.name != "checkpoints" or not saved.is_file():
+        with open_dict(cfg):
+            cfg.ckpt_path = str(ckpt_file)
+        return cfg
+    original = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml") if (run_dir / ".hydra" / "overrides.yaml").is_file() else []
+    resumed = OmegaConf.load(saved)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override, parsed in zip(overrides, OverridesParser.create().parse_overrides(overrides), strict=True):
+        key = parsed.key_or_group
+        if key == "ckpt_path" or key.startswith("hydra") or parsed.is_delete():
+            continue
+        if key.split("/")[0] in CONFIG_GROUPS and "." not in key:
+            if override not in original:
+                raise SegkitError(
+                    f"'{override}': a resumed run keeps the config groups it was started with ({run_dir / '.hydra' / 'overrides.yaml'}); "
+                    "expected only key=value overrides such as trainer.max_epochs=60 next to ckpt_path"
+                )
+            continue
+        OmegaConf.update(resumed, key, parsed.value(), merge=True, force_add=True)
+    with open_dict(resumed):
+        resumed.paths.output_dir = str(run_dir)
+        resumed.ckpt_path = str(ckpt_file)
+        if resumed.data.get("split_file") is None and (run_dir / "splits.json").is_file():
+            resumed.data.split_file = str(run_dir / "splits.json")
+    epoch = load_checkpoint_dict(ckpt_file).get("epoch", -1) + 1
+    rank_zero_info(f"segkit: resuming run {run_dir} after epoch {epoch} from {ckpt_file.name} (its own config, split and TensorBoard run)")
+    return resumed
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """Single runs: a user error is one sentence and exit status 2. Sweep trials: a failed trial (bad
+    value, NaN loss, out of memory) is recorded in its status.json, returns NaN (Optuna marks it
+    failed) and the sweep goes on."""
+    in_sweep = _multirun_job() is not None
     with exit_on_user_error():
-        metrics, _ = train(cfg)
+        try:
+            cfg = resume_config(cfg, task_overrides())
+            metrics, _ = train(cfg)
+        except Exception as err:
+            if not in_sweep:
+                raise
+            print(f"segkit: trial {cfg.paths.output_dir} failed: {failure_reason(err)}; the sweep goes on", file=sys.stderr, flush=True)
+            if not (Path(cfg.paths.output_dir) / "status.json").is_file():
+                write_status(Path(cfg.paths.output_dir), "failed", reason=failure_reason(err), finished_at=_now(), overrides=task_overrides())
+            return float("nan")
     value = metrics.get(cfg.get("optimized_metric"))
     return value
 

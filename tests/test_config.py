@@ -62,3 +62,39 @@ def test_schedulers_build(tmp_path):
             assert isinstance(out, torch.optim.Optimizer)
         else:
             assert out["lr_scheduler"]["interval"] in ("epoch", "step")
+
+
+@pytest.mark.parametrize(
+    "overrides, expect",
+    [
+        (["hparams_search=optuna"], {"hydra.sweeper._target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+                                     "hydra.sweeper.direction": "maximize", "hydra.sweeper.max_failure_rate": 1.0}),
+        (["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], {"hydra.launcher._target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+                                                                   "hydra.launcher.partition": "gpu", "hydra.launcher.gpus_per_node": 1}),
+        (["hydra/launcher=local_parallel"], {"hydra.launcher._target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+                                             "hydra.launcher.n_jobs": 2}),
+    ],
+)
+def test_sweeper_and_launcher_configs_compose(tmp_path, overrides, expect):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from segkit import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    for key, value in expect.items():
+        assert OmegaConf.select(cfg, key) == value, key
+    if "hparams_search=optuna" in overrides:
+        assert set(cfg.hydra.sweeper.params) == {"lr", "optimizer.weight_decay", "loss.dice_lambda", "model.base_width"}
+
+
+def test_sweep_safe_strategy():
+    from segkit.train import sweep_safe_strategy
+
+    assert sweep_safe_strategy({"strategy": "ddp", "devices": 2})[0] == "ddp_spawn"
+    assert sweep_safe_strategy({"strategy": "ddp_find_unused_parameters_true", "devices": -1})[0] == "ddp_spawn_find_unused_parameters_true"
+    assert sweep_safe_strategy({"strategy": "ddp", "devices": 1, "num_nodes": 2})[0] == "ddp_spawn"
+    assert sweep_safe_strategy({"strategy": "ddp", "devices": 1}) == ("ddp", None)
+    assert sweep_safe_strategy({"strategy": "auto", "devices": 4}) == ("auto", None)
+    assert sweep_safe_strategy({"strategy": "ddp_spawn", "devices": 2}) == ("ddp_spawn", None)

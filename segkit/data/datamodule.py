@@ -21,6 +21,7 @@ from segkit.data.datasets import (
     SameSizeBatchSampler,
     ShardSampler,
     WholeImageDataset,
+    mix_seed,
 )
 from segkit.data.formats import ReadContext, Reading, read_dataset
 from segkit.data.stats import DatasetStats, compute_stats
@@ -178,6 +179,7 @@ class SegDataModule(pl.LightningDataModule):
         #: training augmentation, applied to whole batches on the training device after transfer
         self.augmenter = BatchAugment.from_config(self.augment, ignore_index=self.ignore_index, value_range=255.0)
         self._aug_generator: torch.Generator | None = None
+        self._batch_key: int | None = None
         self.normalize = normalize
         self.split: dict[str, list[str]] = {}
         self.stats: DatasetStats | None = None
@@ -311,18 +313,37 @@ class SegDataModule(pl.LightningDataModule):
         images, masks, _ = self.arrays("train")
         # the loader only crops; flips, rotations, warps and intensity changes happen on the device
         ds = RandomCropDataset(images, masks, self.crop_size, self.crops_per_image, ignore_index=self.ignore_index,
-                               sampling=self.sampling, num_classes=self.num_classes)
+                               sampling=self.sampling, num_classes=self.num_classes, seed=self._seed)
         # class_balanced: item i is centred on class i % K (at a random pixel of a random image), so an
         # unshuffled sampler makes every batch cycle through the classes: equal counts per batch
-        sampler = ShardSampler(len(ds), shuffle=self.sampling != "class_balanced", seed=self._seed, drop_uneven=True)
+        sampler = ShardSampler(len(ds), shuffle=self.sampling != "class_balanced", seed=self._seed, drop_uneven=True, epoch_keys=True)
+        # Lightning builds the first iterator before it calls set_epoch; a resumed run must start with
+        # the resumed epoch's order and keys, exactly as the uninterrupted run reached it
+        if self.trainer is not None:
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         return self._loader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False)
+
+    def on_before_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        """Read the training batch's key while it is still on the host (no device sync per step)."""
+        trainer = self.trainer
+        if trainer is not None and trainer.training and "key" in batch:
+            self._batch_key = int(batch["key"][0])
+        return batch
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
         """Augment training batches where they now live (GPU or CPU); evaluation batches never."""
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return batch
-        if self._aug_generator is None:  # seeded per process: reproducible, different on each DDP rank
+        if self._batch_key is not None:
+            # A batch's randomness (augmentation here, dropout in the model) depends on the seed, the
+            # process rank and the batch's first sample key (epoch * len + index) only, never on what
+            # ran before it: a run killed and resumed at epoch e trains exactly as one that never stopped.
+            key = mix_seed(self._seed, trainer.global_rank, self._batch_key)
+            self._batch_key = None
+            torch.manual_seed(key)
+            self._aug_generator = torch.Generator().manual_seed(key)
+        elif self._aug_generator is None:  # seeded per process: reproducible, different on each DDP rank
             self._aug_generator = torch.Generator().manual_seed(self._seed * 1009 + trainer.global_rank)
         image, mask = self.augmenter(batch["image"], batch["mask"], generator=self._aug_generator)
         return {**batch, "image": image, "mask": mask}

@@ -22,8 +22,12 @@ class RandomCropDataset(Dataset):
     Images smaller than the crop are padded (image with 0, mask with ``ignore_index``). Flips,
     rotations and every other augmentation happen later, on whole batches on the training device
     (:class:`segkit.data.augment.BatchAugment`). Items are
-    ``{"image": uint8 [C, S, S], "mask": uint8 [S, S]}``; randomness comes from torch's generator,
-    so ``seed_everything`` makes it reproducible.
+    ``{"image": uint8 [C, S, S], "mask": uint8 [S, S], "key": int}``.
+
+    Randomness is a pure function of ``(seed, key)``: the sampler yields *keys*
+    ``epoch * len(dataset) + index`` (``ShardSampler(epoch_keys=True)``), and each item draws its crop
+    from a generator seeded by the key. So epoch ``e`` draws the same crops whether the run went
+    straight through or was killed and resumed at ``e``, with or without loader workers.
     """
 
     def __init__(
@@ -36,7 +40,9 @@ class RandomCropDataset(Dataset):
         sampling: str = "uniform",
         num_classes: int | None = None,
         max_centres: int = 4096,
+        seed: int = 0,
     ) -> None:
+        self.seed = int(seed)
         if sampling not in ("uniform", "class_balanced"):
             from segkit.errors import SegkitError
 
@@ -65,17 +71,20 @@ class RandomCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images) * self.crops_per_image
 
-    def _centre(self, index: int) -> tuple[int, int, int]:
+    def _centre(self, index: int, g: torch.Generator) -> tuple[int, int, int]:
         """Class-balanced sampling: item ``index`` is centred on a random pixel of class
         ``classes[index % K]`` (so every class gets the same number of crop centres per epoch)."""
         c = self.classes[index % len(self.classes)]
         pool = self.centres[c]
-        i, flat = pool[int(torch.randint(0, len(pool), ()))]
+        i, flat = pool[int(torch.randint(0, len(pool), (), generator=g))]
         w = self.masks[int(i)].shape[1]
         return int(i), int(flat) // w, int(flat) % w
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        centre = self._centre(index) if self.sampling == "class_balanced" else None
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        key = int(key)
+        index = key % len(self)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, key))
+        centre = self._centre(index, g) if self.sampling == "class_balanced" else None
         i = centre[0] if centre else index % len(self.images)
         image, mask = _to_chw(self.images[i]), torch.from_numpy(self.masks[i])
         s = self.crop_size
@@ -89,10 +98,10 @@ class RandomCropDataset(Dataset):
             y = min(max(centre[1] - s // 2, 0), h - s)
             x = min(max(centre[2] - s // 2, 0), w - s)
         else:
-            y = int(torch.randint(0, h - s + 1, ()))
-            x = int(torch.randint(0, w - s + 1, ()))
+            y = int(torch.randint(0, h - s + 1, (), generator=g))
+            x = int(torch.randint(0, w - s + 1, (), generator=g))
         image, mask = image[:, y : y + s, x : x + s], mask[y : y + s, x : x + s]
-        return {"image": image.contiguous(), "mask": mask.contiguous()}
+        return {"image": image.contiguous(), "mask": mask.contiguous(), "key": key}
 
 
 class WholeImageDataset(Dataset):
@@ -107,6 +116,16 @@ class WholeImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"image": _to_chw(self.images[index]), "mask": torch.from_numpy(self.masks[index]), "index": index}
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 over the parts): nearby inputs give unrelated seeds."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 29
+    return x & 0x7FFFFFFFFFFFFFFF
 
 
 class PadCollate:
@@ -132,8 +151,9 @@ class PadCollate:
             "mask": masks,
             "size": torch.tensor([s["mask"].shape for s in samples], dtype=torch.long),
         }
-        if "index" in samples[0]:
-            batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
+        for name in ("index", "key"):
+            if name in samples[0]:
+                batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.long)
         return batch
 
 
@@ -151,8 +171,10 @@ class ShardSampler(Sampler[int]):
     shuffled list to a multiple of the world size so that every process takes the same number of steps.
     """
 
-    def __init__(self, length: int, shuffle: bool, seed: int = 0, drop_uneven: bool = False) -> None:
+    def __init__(self, length: int, shuffle: bool, seed: int = 0, drop_uneven: bool = False, epoch_keys: bool = False) -> None:
         self.length, self.shuffle, self.seed, self.drop_uneven = length, shuffle, seed, drop_uneven
+        #: yield ``epoch * length + index`` (training: :class:`RandomCropDataset` seeds each item by it)
+        self.epoch_keys = epoch_keys
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -167,7 +189,8 @@ class ShardSampler(Sampler[int]):
             order = list(range(self.length))
         if self.drop_uneven and world > 1:
             order = order[: (self.length // world) * world]
-        return order[rank::world]
+        offset = self.epoch * self.length if self.epoch_keys else 0
+        return [offset + i for i in order[rank::world]]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._indices())
