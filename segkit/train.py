@@ -289,8 +289,7 @@ def _train(cfg: DictConfig, started: float) -> tuple[dict[str, float], dict[str,
         "metrics": {k: _finite(v) for k, v in sorted(metrics.items())},
         "checkpoint": best,
         "best_epoch": _best_epoch(best),
-        "epochs_trained": trainer.current_epoch,
-        "global_step": trainer.global_step,
+        **_progress(trainer, checkpoint),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "aggregation": "pooled over the dataset: one confusion matrix over every pixel of every image of the split",
         "absent_class_policy": ABSENT_CLASS_POLICY,
@@ -347,6 +346,17 @@ def _stage_metrics(trainer: pl.Trainer, module: SegModule, stage: str) -> dict[s
     if loss is not None:
         out[f"{stage}/loss"] = float(loss)
     return out
+
+
+def _progress(trainer: pl.Trainer, checkpoint: ModelCheckpoint | None) -> dict[str, int]:
+    """Epochs and steps trained. Under ``ddp_spawn`` the loops ran in child processes and this process's
+    trainer still says 0: the last checkpoint knows."""
+    epochs, steps = trainer.current_epoch, trainer.global_step
+    last = (checkpoint.last_model_path or str(Path(checkpoint.dirpath or ".", "last.ckpt"))) if checkpoint is not None else ""
+    if steps == 0 and last and Path(last).is_file():
+        state = load_checkpoint_dict(last)
+        epochs, steps = int(state.get("epoch", -1)) + 1, int(state.get("global_step", 0))
+    return {"epochs_trained": epochs, "global_step": steps}
 
 
 def _best_epoch(ckpt: str | None) -> int | None:

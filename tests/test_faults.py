@@ -174,6 +174,10 @@ def test_a_failed_sweep_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert status["0"]["status"] == "completed" and "model.base_width=4" in status["0"]["overrides"]
     assert status["1"]["status"] == "failed" and status["1"]["reason"]
     assert "failed" in out.stderr and "the sweep goes on" in out.stderr
+    # the sweep's end wrote the leaderboard: completed trial first, the failed one last with its reason
+    board = (sweep / "leaderboard.md").read_text()
+    assert board.index("completed") < board.index("failed") and status["1"]["reason"][:40] in board
+    assert "sweep finished: 2 trials, 1 failed" in out.stdout
     # the HParams tab of the completed trial holds the final metrics, not a placeholder
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -209,3 +213,14 @@ def test_ddp_inside_a_sweep_switches_to_spawn(tmp_path):
     assert summary["epochs_trained"] == 2 and 0.0 <= summary["metrics"]["val/miou"] <= 1.0
     assert json.loads((sweep / "0" / "status.json").read_text())["status"] == "completed"
     assert not (sweep / "1").exists()  # no rank started a sweep of its own
+
+
+@pytest.mark.slow
+def test_parallel_local_trials(tmp_path):
+    sweep = tmp_path / "parallel"
+    out = _cli(tmp_path, "-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", *CLI_TINY, "trainer.max_epochs=1",
+               "seed=1,2", f"hydra.sweep.dir={sweep}", timeout=500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for n in ("0", "1"):
+        assert json.loads((sweep / n / "status.json").read_text())["status"] == "completed"
+    assert "seed=1" in json.loads((sweep / "0" / "status.json").read_text())["overrides"]
