@@ -177,3 +177,32 @@ def test_two_process_ddp_cpu_validation_equals_a_single_process_evaluation(tmp_p
         if math.isfinite(value):
             assert summary["metrics"][key] == pytest.approx(value, abs=1e-6), key
     assert summary["metrics"]["val/loss"] == pytest.approx(float(trainer.callback_metrics["val/loss"]), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_equals_one_process_with_the_global_batch(tmp_path):
+    """2 processes x batch 2 must train the same weights as 1 process x batch 4 on the same data: each
+    global step sees the same 4 crops (keys split rank::2), DDP averages the two per-process mean CE
+    losses, which equals the mean over the 4 crops. No BatchNorm, no dropout, no augmentation, CE only,
+    so nothing else differs between the layouts."""
+    common = [o for o in TINY_DATA if not o.startswith(("data.batch_size", "trainer.max_epochs"))] + [
+        "model=unet", "model.base_width=4", "model.depth=3", "model.batch_norm=false", "loss=ce",
+        "data.augment.hflip=false", "data.augment.vflip=false", "data.augment.rot90=false", "data.crops_per_image=4",
+        "trainer.max_epochs=2", "logger=csv", f"paths.data_dir={tmp_path / 'data'}",
+    ]
+    runs = {}
+    for name, extra in {"ddp": ["trainer=ddp_cpu", "data.batch_size=2"], "single": ["trainer=cpu", "data.batch_size=4"]}.items():
+        runs[name] = tmp_path / name
+        proc = subprocess.run([sys.executable, "-m", "segkit.train", *common, *extra, f"hydra.run.dir={runs[name]}"],
+                              cwd=REPO, capture_output=True, text=True, env=cli_env(), timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(runs["ddp"] / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(runs["single"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] > 0
+    for key, value in b["state_dict"].items():
+        assert torch.allclose(a["state_dict"][key], value, atol=1e-5, rtol=1e-4), key
+    ma = json.loads((runs["ddp"] / "metrics.json").read_text())["metrics"]
+    mb = json.loads((runs["single"] / "metrics.json").read_text())["metrics"]
+    for key, value in mb.items():
+        if value is not None:
+            assert ma[key] == pytest.approx(value, abs=1e-4), key
