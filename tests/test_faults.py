@@ -224,3 +224,21 @@ def test_parallel_local_trials(tmp_path):
     for n in ("0", "1"):
         assert json.loads((sweep / n / "status.json").read_text())["status"] == "completed"
     assert "seed=1" in json.loads((sweep / "0" / "status.json").read_text())["overrides"]
+
+
+def test_deterministic_true_with_segnet_unpooling_falls_back_to_warn(tmp_path):
+    from hydra.utils import instantiate
+
+    from segkit.train import build_module, build_trainer
+
+    cfg = compose_cfg(tmp_path, TINY_DATA + TINY_MODELS["segnet"] + ["trainer.deterministic=true"])
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare()
+    try:
+        build_trainer(cfg, build_module(cfg, dm, None))
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        cfg_unet = compose_cfg(tmp_path, TINY_DATA + TINY_MODELS["unet"] + ["trainer.deterministic=true"])
+        build_trainer(cfg_unet, build_module(cfg_unet, dm, None))
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
