@@ -2,8 +2,10 @@
 
 Writes into the run directory (``outputs/eval/runs/<time>/``): ``metrics.json``, ``per_image.csv``,
 ``confusion_matrix.csv``, ``eval_report.md`` with its PNGs (confusion matrix, per-class bars, training
-curves, the worst-k images as input | truth | prediction | error overlays) and, when the data names
-object classes, object matching and size distributions. ``evaluate(...)`` is the plain function.
+curves, the worst-k images as input | truth | prediction | error overlays), when the data names
+object classes, object matching and size distributions, and on ISBI 2012 membrane data the EM challenge
+scores (V_rand, V_info, pixel error per slice and their mean: segkit.analysis.em, ``em_scores`` in
+conf/eval.yaml). ``evaluate(...)`` is the plain function.
 
 Aggregations, both reported and named:
 - pooled over the dataset: one confusion matrix over every pixel of every image, scores from its totals;
@@ -120,15 +122,19 @@ def evaluate(
     return {"confusion": pooled, "pooled": pooled_scores, "mean_over_images": mean_scores, "per_image": rows, "predictions": preds}
 
 
-def label_function(modules: Sequence[SegModule], inference: dict, tta: dict, post: dict | None) -> Callable[[np.ndarray], np.ndarray]:
+def label_function(modules: Sequence[SegModule], inference: dict, tta: dict, post: dict | None,
+                   on_probs: Callable[[np.ndarray], None] | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """Image -> labels: one checkpoint, or an ensemble averaged in probability space, with optional
-    test-time flips/rotations, then ``post`` (segkit.inference.postprocess) or the argmax."""
+    test-time flips/rotations, then ``post`` (segkit.inference.postprocess) or the argmax. ``on_probs``
+    (optional) sees each image's ``[K, H, W]`` probabilities before they become labels."""
     from segkit.inference import postprocess
 
     probs_of = label_probs(modules, inference, tta)
 
     def labels(image: np.ndarray) -> np.ndarray:
         p = probs_of(image).numpy()
+        if on_probs is not None:
+            on_probs(p)
         return postprocess(p, post) if post else p.argmax(0)
 
     return labels
@@ -177,7 +183,7 @@ def _fmt(v: float) -> str:
 
 
 def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, images, masks, stems, worst_k: int,
-                  objects: dict | None = None) -> Path:
+                  objects: dict | None = None, em: dict | None = None) -> Path:
     """metrics.json, per_image.csv, confusion_matrix.csv, PNGs and eval_report.md; returns the report path."""
     from segkit.report import class_bar_png, confusion_png, curves_png, worst_overlay_png
 
@@ -194,6 +200,9 @@ def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, i
     }
     if objects:
         summary["objects"] = objects
+    if em:
+        summary["metrics"]["em_mean_over_slices"] = em["mean_over_slices"]
+        summary["em"] = {k: v for k, v in em.items() if k not in ("markdown", "mean_over_slices", "mean_over_slices_rows")}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     rows = result["per_image"]
     with (out / "per_image.csv").open("w", newline="") as fh:
@@ -262,6 +271,8 @@ def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, i
         lines += [f"**{stem}**: mIoU {_fmt(miou)}", "", f"![{stem}]({rel})", ""]
     if objects:
         lines += ["## Objects", "", objects.get("markdown", ""), ""]
+    if em:
+        lines += ["## EM challenge scores (ISBI 2012: V_rand, V_info, pixel error)", "", em["markdown"], ""]
     lines += ["Every image's scores are in `per_image.csv`; all numbers are in `metrics.json`.", ""]
     report = out / "eval_report.md"
     report.write_text("\n".join(lines))
@@ -308,7 +319,13 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     inference = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") else {}
     tta = OmegaConf.to_container(cfg.tta, resolve=True) if cfg.get("tta") else {}
     post, post_source = eval_postprocess(cfg.get("postprocess"), ckpt)
-    result = evaluate(label_function(modules, inference, tta, post), list(module.class_names), images, masks, stems, dm.ignore_index)
+    from segkit.analysis.em import check_thresholds, em_report, membrane_class
+
+    membrane = membrane_class(dm.format, dm.name, dm.format_options, dm.class_names, cfg.get("em_scores", "auto"))
+    em_thresholds = check_thresholds(cfg.get("em_thresholds") or [0.5]) if membrane is not None else []
+    membrane_probs: list[np.ndarray] = []
+    keep = None if membrane is None else (lambda p: membrane_probs.append(p[membrane].astype(np.float32)))
+    result = evaluate(label_function(modules, inference, tta, post, keep), list(module.class_names), images, masks, stems, dm.ignore_index)
     out = Path(cfg.paths.output_dir)
     meta = {
         "checkpoint": str(ckpt),
@@ -329,14 +346,21 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         from segkit.analysis.report import object_report
 
         objects = object_report(result["predictions"], masks, stems, list(dm.class_names), dm.object_classes, dm.edge_class, out)
-    report = write_outputs(out, result, list(dm.class_names), meta, images, masks, stems, int(cfg.worst_k), objects)
+    em = None
+    if membrane is not None:
+        em = em_report(membrane_probs, masks, stems, membrane, em_thresholds, split, out,
+                       dm.ignore_index, int(cfg.get("em_connectivity", 4)), str(cfg.get("em_background", "segment")))
+    report = write_outputs(out, result, list(dm.class_names), meta, images, masks, stems, int(cfg.worst_k), objects, em)
     p = result["pooled"]
     per_class = ", ".join(f"{c} {_fmt(p[f'iou/{c}'])}" for c in dm.class_names)
     print(f"{split} ({len(stems)} images), pooled: mIoU {_fmt(p['miou'])}  mDice {_fmt(p['mdice'])}  IoU per class: {per_class}")
     m = result["mean_over_images"]
     print(f"mean over images: mIoU {_fmt(m['miou'])}  mDice {_fmt(m['mdice'])}")
+    for row in (em or {}).get("mean_over_slices_rows", []):
+        print(f"EM scores (mean over slices) at threshold {row['threshold']:g}: pixel error {_fmt(row['pixel_error'])}  "
+              f"V_rand {_fmt(row['v_rand'])}  V_info {_fmt(row['v_info'])}")
     print(f"Report: {report}", flush=True)
-    return {**result, "report": report, "output_dir": out}
+    return {**result, "em": em, "report": report, "output_dir": out}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
