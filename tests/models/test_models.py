@@ -379,7 +379,9 @@ def _load(name: str, **overrides: object) -> DictConfig:
     # The configs read ${data.in_channels} / ${data.num_classes}; a model test has no data group.
     raw = OmegaConf.to_container(cfg, resolve=False)
     assert raw["in_channels"] == "${data.in_channels}" and raw["num_classes"] == "${data.num_classes}"
-    return OmegaConf.merge(cfg, {"in_channels": 3, "num_classes": 3, **overrides})
+    merged = OmegaConf.merge(cfg, {"in_channels": 3, "num_classes": 3, **overrides})
+    # `compile` is segkit's option (SegModule pops it before building the network), not a network argument
+    return OmegaConf.create({k: v for k, v in merged.items() if k != "compile"})
 
 
 def test_every_model_has_a_config() -> None:
