@@ -31,7 +31,7 @@ test-slow: install  ## slow and real-data tests (real-data ones skip without ../
 
 test-all: test test-slow  ## everything CI runs
 
-bench: install  ## benchmarks -> BENCHMARKS.md and benchmarks/results.json (QUICK=1: fewer repeats)
+bench: install  ## benchmarks -> BENCHMARKS.md and benchmarks/results.json (QUICK=1: a <2 min smoke run for CI, figures meaningless)
 	$(PY) -m benchmarks.run $(if $(QUICK),--quick,)
 
 lint: install  ## ruff

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -33,6 +34,23 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
         return x, (h, w)
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def compile_in_place(net: nn.Module) -> bool:
+    """``torch.compile`` ``net``'s forward in place (``nn.Module.compile``): parameter names and the
+    checkpoint's ``state_dict`` keys stay those of the plain network, so checkpoints load with or
+    without compilation. On a CPU, Inductor needs a C++ compiler: without one, the network stays
+    eager and one line says so. Returns whether it was compiled."""
+    import os
+    import shutil
+
+    if not torch.cuda.is_available():
+        cxx = os.environ.get("CXX", "g++")
+        if shutil.which(cxx) is None:
+            rank_zero_info(f"segkit: model.compile=true needs a C++ compiler ('{cxx}') on a CPU; none found, running the network uncompiled")
+            return False
+    net.compile()
+    return True
 
 
 class SegModule(pl.LightningModule):
@@ -62,11 +80,15 @@ class SegModule(pl.LightningModule):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.ignore_index = ignore_index
+        model = dict(model)
+        compile_net = bool(model.pop("compile", False))  # segkit's option, not the network's
         self.net: nn.Module = instantiate(model)
         self.stride = output_stride(self.net)
         self.channels_last = channels_last
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if compile_net:
+            compile_in_place(self.net)
         loss_spec = {k: v for k, v in loss.items() if k not in ("class_weights", "weight_method", "ignore_index")}
         self.criterion = build_loss(
             num_classes=self.num_classes, ignore_index=ignore_index, class_weights=class_weights, **loss_spec

@@ -1,0 +1,75 @@
+"""``make bench``: the quick run completes and writes every section (no timing assertions), and the
+``model.compile`` option leaves checkpoints loadable without it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segkit.module import SegModule
+
+REPO = Path(__file__).resolve().parent.parent
+
+SECTIONS = [
+    "## 1. Framework overhead",
+    "## 2. Hardware efficiency",
+    "## 3. Input pipeline",
+    "## 4. Validation and inference",
+    "## 5. Scaling and memory",
+    "## 6. Mixed precision",
+    "## 7. Optimisations, before / after",
+    "## Batched augmentation",
+]
+
+
+def _module(compile_net: bool) -> SegModule:
+    model = {"_target_": "segkit.models.UNet", "in_channels": 3, "num_classes": 2, "depth": 2, "base_width": 4,
+             "compile": compile_net}
+    return SegModule(model=model, loss={"name": "ce"}, optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3},
+                     class_names=["a", "b"])
+
+
+def test_compile_option_keeps_state_dict_keys() -> None:
+    plain, compiled = _module(False), _module(True)
+    assert list(plain.state_dict()) == list(compiled.state_dict())
+    assert not any("_orig_mod" in k for k in compiled.state_dict())
+    plain.load_state_dict(compiled.state_dict())  # a compiled run's checkpoint loads without compile
+
+
+@pytest.mark.parametrize("ignore_index", [255, 0, None])
+def test_confusion_matrix_matches_reference(ignore_index: int | None) -> None:
+    """The per-step confusion matrix (made faster for the training loop) counts exactly as before."""
+    from segkit.metrics import confusion_matrix
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (2, 17, 19), generator=g)
+    target[0, :3] = 255
+    target[1, 0, :4] = -1
+    pred = torch.randint(0, 5, (2, 17, 19), generator=g)  # 4 is out of range: clamped to the last class
+    expected = torch.zeros(4, 4, dtype=torch.long)
+    for t, p in zip(target.reshape(-1).tolist(), pred.reshape(-1).tolist(), strict=True):
+        if 0 <= t < 4 and t != ignore_index:
+            expected[t, min(p, 3)] += 1
+    assert torch.equal(confusion_matrix(pred, target, 4, ignore_index), expected)
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_every_section(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    for section in SECTIONS:
+        assert section in text
+    assert text.count("Target") >= 7
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"machine", "training", "pipeline", "inference", "augmentation"} <= set(results)
+    assert results["quick"] is True
+    assert torch.__version__ == results["machine"]["torch"]
