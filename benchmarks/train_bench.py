@@ -372,7 +372,7 @@ def run(quick: bool = False, tmp: Path | None = None) -> dict:
     out: dict = {}
     t = now()
     out["overhead"] = [overhead("unet", 1 if quick else 3, 4 if quick else 6, size, tmp=tmp),
-                       overhead("segnet", 1 if quick else 3, 4 if quick else 5, size, tmp=tmp)]
+                       overhead("segnet", 1 if quick else 3, 4 if quick else 8, size, tmp=tmp)]
     out["framework_cost"] = framework_cost(1 if quick else 3, 6 if quick else 15, size, tmp=tmp)
     out["timing_s"] = {"overhead": round(now() - t, 1)}
     t = now()
