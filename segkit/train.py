@@ -138,16 +138,19 @@ def build_trainer(cfg: DictConfig, module: SegModule | None = None) -> pl.Traine
 NON_DETERMINISTIC_LAYERS: tuple[type, ...] = (nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d)
 
 
+def _hydra_config() -> Any | None:
+    """This job's Hydra config, or None when ``train`` is called without Hydra (tests, notebooks)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
 def _multirun_job() -> int | None:
     """This job's number inside a Hydra multirun (sweep), else None."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+    from hydra.types import RunMode
 
-        hc = HydraConfig.get()
-    except (ImportError, ValueError):
-        return None
-    return int(hc.job.num) if hc.mode == RunMode.MULTIRUN else None
+    hc = _hydra_config()
+    return int(hc.job.num) if hc is not None and hc.mode == RunMode.MULTIRUN else None
 
 
 def _processes_created_externally() -> bool:
@@ -201,12 +204,8 @@ def _now() -> str:
 
 def task_overrides() -> list[str]:
     """The command-line overrides of this Hydra job (empty when ``train`` is called without Hydra)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except (ImportError, ValueError):
-        return []
+    hc = _hydra_config()
+    return list(hc.overrides.task) if hc is not None else []
 
 
 def write_status(output_dir: Path, status: str, **fields: Any) -> None:
@@ -223,8 +222,8 @@ def write_status(output_dir: Path, status: str, **fields: Any) -> None:
 
 def failure_reason(err: BaseException) -> str:
     """One line for status.json and the sweep log."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {text}" if not isinstance(err, SegkitError) else text
+    text = next(iter(str(err).strip().splitlines()), "")
+    return text if isinstance(err, SegkitError) else f"{type(err).__name__}: {text}"
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -248,7 +247,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                          wall_time_s=round(time.perf_counter() - started, 2))
         raise
     if rank_zero_only.rank == 0:
-        summary = json.loads((output_dir / "metrics.json").read_text())
+        summary = objects["summary"]
         write_status(output_dir, "completed", reason=None, finished_at=_now(), wall_time_s=summary["wall_time_s"],
                      epochs_trained=summary["epochs_trained"], best_epoch=summary["best_epoch"])
     return metrics, objects
@@ -302,7 +301,7 @@ def _train(cfg: DictConfig, started: float) -> tuple[dict[str, float], dict[str,
         log_hparams(trainer, cfg, summary["metrics"])
         _print_summary(metrics, dm.class_names, summary)
         print(f"Run directory: {output_dir}", flush=True)
-    return metrics, {"datamodule": dm, "module": module, "trainer": trainer}
+    return metrics, {"datamodule": dm, "module": module, "trainer": trainer, "summary": summary}
 
 
 def hparam_summary(cfg: DictConfig) -> dict[str, Any]:

@@ -178,8 +178,8 @@ class SegDataModule(pl.LightningDataModule):
         self.augment = dict(augment or {})
         #: training augmentation, applied to whole batches on the training device after transfer
         self.augmenter = BatchAugment.from_config(self.augment, ignore_index=self.ignore_index, value_range=255.0)
-        self._aug_generator: torch.Generator | None = None
-        self._batch_key: int | None = None
+        #: the next training batch's seed (set before its transfer to the device, used after)
+        self._batch_seed: int | None = None
         self.normalize = normalize
         self.split: dict[str, list[str]] = {}
         self.stats: DatasetStats | None = None
@@ -324,10 +324,11 @@ class SegDataModule(pl.LightningDataModule):
         return self._loader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False)
 
     def on_before_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
-        """Read the training batch's key while it is still on the host (no device sync per step)."""
+        """Derive the training batch's seed from its key while the key is still on the host (no device
+        sync per step)."""
         trainer = self.trainer
         if trainer is not None and trainer.training and "key" in batch:
-            self._batch_key = int(batch["key"][0])
+            self._batch_seed = mix_seed(self._seed, trainer.global_rank, int(batch["key"][0]))
         return batch
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
@@ -335,17 +336,15 @@ class SegDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return batch
-        if self._batch_key is not None:
+        generator = None  # a batch without keys (not from train_dataloader): torch's global generator
+        if self._batch_seed is not None:
             # A batch's randomness (augmentation here, dropout in the model) depends on the seed, the
             # process rank and the batch's first sample key (epoch * len + index) only, never on what
             # ran before it: a run killed and resumed at epoch e trains exactly as one that never stopped.
-            key = mix_seed(self._seed, trainer.global_rank, self._batch_key)
-            self._batch_key = None
-            torch.manual_seed(key)
-            self._aug_generator = torch.Generator().manual_seed(key)
-        elif self._aug_generator is None:  # seeded per process: reproducible, different on each DDP rank
-            self._aug_generator = torch.Generator().manual_seed(self._seed * 1009 + trainer.global_rank)
-        image, mask = self.augmenter(batch["image"], batch["mask"], generator=self._aug_generator)
+            torch.manual_seed(self._batch_seed)
+            generator = torch.Generator().manual_seed(self._batch_seed)
+            self._batch_seed = None
+        image, mask = self.augmenter(batch["image"], batch["mask"], generator=generator)
         return {**batch, "image": image, "mask": mask}
 
     def _eval_loader(self, split: str) -> DataLoader:
