@@ -12,11 +12,17 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+try:  # POSIX; elsewhere generation is unlocked (run sweeps sequentially the first time)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 CLASS_NAMES = ("background", "rbc", "spirochaete")
 MARKER = "synthetic.json"
@@ -123,39 +129,55 @@ def _write_set(folder: Path, spec: SyntheticSpec) -> None:
 def ensure_synthetic(root: str | os.PathLike, spec: SyntheticSpec) -> Path:
     """Generate the set under ``root`` unless the same spec is already there; returns ``root``.
 
-    Written into a temporary sibling folder and renamed into place, so concurrent runs (DDP
-    processes, parallel sweep jobs) never see a half-written set.
+    Concurrent runs (DDP processes, parallel sweep trials) take turns under an exclusive lock on
+    ``.<name>.lock`` beside ``root``: the first one writes the set, the others find it finished and
+    reuse it, so no process ever replaces a set another one is reading. The set is written into a
+    temporary sibling and renamed into place, so a crash never leaves a half-written set either.
     """
     root = Path(root)
     want = {"format_version": _FORMAT_VERSION, "class_names": list(CLASS_NAMES), **asdict(spec)}
-    marker = root / MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == want:
-                return root
-        except (OSError, json.JSONDecodeError):
-            pass
-    elif root.exists() and any(root.iterdir()):
-        from segkit.errors import SegkitError
-
-        raise SegkitError(
-            f"data.root '{root}' holds files that segkit did not generate (no {MARKER}); "
-            "expected an empty or missing folder for the synthetic dataset, so point data.root elsewhere"
-        )
+    if _holds(root, want):  # the common case: no lock needed to reuse a finished set
+        return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
-    _write_set(tmp, spec)
-    if root.exists():
-        old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+    with _exclusive_lock(root.parent / f".{root.name}.lock"):
+        if _holds(root, want):  # another process generated it while this one waited
+            return root
+        if not (root / MARKER).is_file() and root.exists() and any(root.iterdir()):
+            from segkit.errors import SegkitError
+
+            raise SegkitError(
+                f"data.root '{root}' holds files that segkit did not generate (no {MARKER}); "
+                "expected an empty or missing folder for the synthetic dataset, so point data.root elsewhere"
+            )
+        tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            root.rename(old)
-        except OSError:
-            old = None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    try:
-        tmp.rename(root)
-    except OSError:
-        # another process finished first: use its copy (same spec, same bytes)
-        shutil.rmtree(tmp, ignore_errors=True)
+            _write_set(tmp, spec)
+            if root.exists():  # an earlier spec's set (or an empty folder): replaced in place
+                old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+                root.rename(old)
+                shutil.rmtree(old, ignore_errors=True)
+            tmp.rename(root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _holds(root: Path, want: dict) -> bool:
+    """Whether ``root`` holds a finished set generated with exactly these parameters."""
+    try:
+        return json.loads((root / MARKER).read_text()) == want
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+@contextmanager
+def _exclusive_lock(path: Path):
+    """An exclusive advisory lock (``flock``) held for the ``with`` block; released if the process dies."""
+    with open(path, "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)

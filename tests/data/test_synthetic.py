@@ -51,3 +51,45 @@ def test_refuses_to_overwrite_foreign_files(tmp_path):
     with pytest.raises(SegkitError, match="did not generate"):
         ensure_synthetic(tmp_path / "mine", SyntheticSpec(num_images=1))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def _generate_then_read(root, spec_kwargs, start, result):
+    """A parallel sweep trial: generate (or reuse) the set, then read every file of it."""
+    import time as _time
+
+    from segkit.data.synthetic import SyntheticSpec as _Spec
+
+    while _time.time() < start:  # staggered gates: some finish generating while others still write
+        pass
+    try:
+        out = ensure_synthetic(root, _Spec(**spec_kwargs))
+        until = _time.time() + 1.5
+        while _time.time() < until:  # keep reading while the later processes finish
+            for p in sorted(out.rglob("*.png")):
+                p.read_bytes()
+        result.put("ok")
+    except Exception as e:  # noqa: BLE001 -- the test reports what went wrong in which process
+        result.put(f"{type(e).__name__}: {e}")
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3])  # a race: three tries make the old bug show almost surely
+def test_concurrent_generation_never_pulls_the_set_from_under_a_reader(tmp_path, attempt):
+    """Parallel sweep trials (joblib) generate the same set at the same moment. A process that
+    finished second once renamed the first one's finished set away while it was being read."""
+    import multiprocessing as mp
+    import time
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    result = ctx.Queue()
+    spec = dict(num_images=8, min_size=128, max_size=160, seed=3)
+    start = time.time() + 1.0
+    procs = [ctx.Process(target=_generate_then_read, args=(tmp_path / "syn", spec, start + 0.03 * i, result)) for i in range(4)]
+    for p in procs:
+        p.start()
+    outcomes = [result.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert outcomes == ["ok"] * 4, outcomes
+    # one set, identical to a set generated alone; no temporary siblings left behind
+    assert _digest(tmp_path / "syn") == _digest(ensure_synthetic(tmp_path / "alone", SyntheticSpec(**spec)))
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
