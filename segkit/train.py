@@ -242,8 +242,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics, objects = _train(cfg, started)
     except BaseException as err:
         if rank_zero_only.rank == 0:
-            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            write_status(output_dir, status, reason=failure_reason(err) or status, finished_at=_now(),
+            # Lightning turns Ctrl+C into a graceful shutdown and sys.exit(1): still an interruption
+            interrupted = isinstance(err, KeyboardInterrupt) or (
+                isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt))
+            status = "interrupted" if interrupted else "failed"
+            reason = "interrupted by the user (Ctrl+C / SIGINT); resume with ckpt_path=last" if interrupted else failure_reason(err)
+            write_status(output_dir, status, reason=reason or status, finished_at=_now(),
                          wall_time_s=round(time.perf_counter() - started, 2))
         raise
     if rank_zero_only.rank == 0:

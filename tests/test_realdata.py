@@ -31,7 +31,10 @@ EXPERIMENTS = {  # experiment -> shared dataset folder
     "darkfield_segnet": "darkfield",
     "isbi2012_unet": "isbi2012",
     "sunnybrook_fcn": "sunnybrook",
+    "sunnybrook_unet": "sunnybrook",
     "phase_bacteria_patchcnn": "phase_bacteria",
+    "phase_bacteria_unet": "phase_bacteria",
+    "darkfield_unet": "darkfield",
 }
 EXPECTED_SPLITS = {  # (train, val, test) samples the shipped configs give on the shared copies
     "darkfield": (128, 32, 0),
