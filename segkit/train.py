@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from segkit import CONF_DIR
@@ -226,6 +227,16 @@ def failure_reason(err: BaseException) -> str:
     return text if isinstance(err, SegkitError) else f"{type(err).__name__}: {text}"
 
 
+def interruption(err: BaseException) -> str | None:
+    """The reason when ``err`` is an interruption rather than a failure: Ctrl+C (which Lightning turns into a
+    graceful shutdown and ``sys.exit(1)``) or SIGTERM (``kill``, a scheduler's preemption); else None."""
+    if isinstance(err, SIGTERMException):
+        return "stopped by SIGTERM (kill, or a scheduler's time limit / preemption); resume with ckpt_path=last"
+    if isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)):
+        return "interrupted by the user (Ctrl+C / SIGINT); resume with ckpt_path=last"
+    return None
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, re-evaluate the best checkpoint on validation (and test), write ``metrics.json``.
 
@@ -242,11 +253,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics, objects = _train(cfg, started)
     except BaseException as err:
         if rank_zero_only.rank == 0:
-            # Lightning turns Ctrl+C into a graceful shutdown and sys.exit(1): still an interruption
-            interrupted = isinstance(err, KeyboardInterrupt) or (
-                isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt))
-            status = "interrupted" if interrupted else "failed"
-            reason = "interrupted by the user (Ctrl+C / SIGINT); resume with ckpt_path=last" if interrupted else failure_reason(err)
+            status, reason = ("interrupted", interruption(err)) if interruption(err) else ("failed", failure_reason(err))
             write_status(output_dir, status, reason=reason or status, finished_at=_now(),
                          wall_time_s=round(time.perf_counter() - started, 2))
         raise

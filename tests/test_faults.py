@@ -112,18 +112,22 @@ def test_nan_loss_stops_the_run_with_a_clear_message(tmp_path, monkeypatch):
     assert status["status"] == "failed" and status["reason"].startswith("the training loss became nan")
 
 
-def test_ctrl_c_is_recorded_as_interrupted_not_failed(tmp_path, monkeypatch):
-    """Lightning answers Ctrl+C with a graceful shutdown and sys.exit(1); status.json says interrupted."""
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_are_recorded_as_interrupted_not_failed(tmp_path, monkeypatch, signal_name):
+    """Lightning answers Ctrl+C with a graceful shutdown and sys.exit(1), and SIGTERM with SIGTERMException
+    at the next batch; status.json says interrupted, with how to resume."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from segkit import module as module_mod
 
     real_step = module_mod.SegModule._step
 
-    def ctrl_c(self, batch, stage):
+    def stopped(self, batch, stage):
         if stage == "train" and self.global_step >= 1:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt if signal_name == "SIGINT" else SIGTERMException(1)
         return real_step(self, batch, stage)
 
-    monkeypatch.setattr(module_mod.SegModule, "_step", ctrl_c)
+    monkeypatch.setattr(module_mod.SegModule, "_step", stopped)
     cfg = compose_cfg(tmp_path, TINY_DATA + TINY_MODELS["unet"] + ["trainer.max_epochs=2", "data.crops_per_image=4"])
     handler = signal.getsignal(signal.SIGINT)
     try:
@@ -132,7 +136,7 @@ def test_ctrl_c_is_recorded_as_interrupted_not_failed(tmp_path, monkeypatch):
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT from then on
     status = json.loads((Path(cfg.paths.output_dir) / "status.json").read_text())
-    assert status["status"] == "interrupted" and "ckpt_path=last" in status["reason"]
+    assert status["status"] == "interrupted" and signal_name in status["reason"] and "ckpt_path=last" in status["reason"]
 
 
 # ---------------------------------------------------------------- SIGKILL and resume
