@@ -67,3 +67,12 @@ def test_each_experiment_trains_briefly_on_its_real_data(experiment, tmp_path):
     metrics, objects = train(cfg)
     assert math.isfinite(metrics["val/loss"]) and 0.0 <= metrics["val/miou"] <= 1.0
     assert set(objects["datamodule"].split["val"]).isdisjoint(objects["datamodule"].split["train"])
+
+
+def test_every_real_data_experiment_config_has_its_smoke_test():
+    """Not marked: runs without the data, so a new conf/experiment file cannot go without its real-data test."""
+    from segkit import CONF_DIR
+
+    shipped = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
+    synthetic_only = {"folder_unet"}  # trains on a user's folder; tests/ make its data
+    assert shipped - synthetic_only == set(EXPERIMENTS)
