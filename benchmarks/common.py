@@ -20,16 +20,23 @@ def median(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds of each function over interleaved rounds (ABAB...) after ``warmup`` calls each."""
+def interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
+                sync: Callable[[], None] | None = None) -> dict[str, float]:
+    """Median seconds of each function over interleaved rounds (ABAB...) after ``warmup`` calls each, so that
+    load from other jobs on a shared machine hits every function alike. ``sync`` (e.g. a CUDA synchronize)
+    runs after the warm-up and inside each timing, so asynchronous device work is counted."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    if sync is not None:
+        sync()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             t = time.perf_counter()
             fn()
+            if sync is not None:
+                sync()
             times[k].append(time.perf_counter() - t)
     return {k: median(v) for k, v in times.items()}
 

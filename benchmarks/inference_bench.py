@@ -16,43 +16,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 try:
+    from benchmarks.common import interleaved
     from segkit.inference import sliding_window_probs, window_starts
     from segkit.models import UNet
-except ModuleNotFoundError:  # run as a script from a checkout without an installed segkit
+except ModuleNotFoundError:  # run as a script (benchmarks/ not on the path, or segkit not installed)
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.common import interleaved
     from segkit.inference import sliding_window_probs, window_starts
     from segkit.models import UNet
 
 TILE, BATCH, CHANNELS, CLASSES = 512, 4, 3, 3
-
-
-def _interleaved_medians(
-    fns: dict[str, Callable[[], object]], warmup: int, repeats: int, sync: Callable[[], None]
-) -> dict[str, float]:
-    """Median seconds of each function, timed in interleaved rounds (one call of each per round) so
-    that load from other jobs on a shared machine hits every function alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    sync()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def stitch_only_seconds(size: int, overlap: float = 0.0, repeats: int = 5, device: str = "cpu") -> float:
@@ -73,7 +54,7 @@ def stitch_only_seconds(size: int, overlap: float = 0.0, repeats: int = 5, devic
             free_net, image, CLASSES, tile=TILE, overlap=overlap, stride=32, batch_size=BATCH
         )
 
-    return _interleaved_medians({"stitch": once}, 1, repeats, sync)["stitch"]
+    return interleaved({"stitch": once}, 1, repeats, sync)["stitch"]
 
 
 def run(quick: bool = False, device: str = "cpu", threads: int | None = None) -> dict:
@@ -122,7 +103,7 @@ def run(quick: bool = False, device: str = "cpu", threads: int | None = None) ->
     plain()
     for _ in range(plain_warmup - 1):
         plain()
-    seconds = _interleaved_medians(
+    seconds = interleaved(
         {"plain": plain, "sw0": sliding(0.0), "sw25": sliding(0.25)}, warmup, repeats, sync
     )
     plain_s, sw0_s, sw25_s = seconds["plain"], seconds["sw0"], seconds["sw25"]

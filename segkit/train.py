@@ -253,8 +253,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics, objects = _train(cfg, started)
     except BaseException as err:
         if rank_zero_only.rank == 0:
-            status, reason = ("interrupted", interruption(err)) if interruption(err) else ("failed", failure_reason(err))
-            write_status(output_dir, status, reason=reason or status, finished_at=_now(),
+            reason = interruption(err)
+            status = "interrupted" if reason else "failed"
+            write_status(output_dir, status, reason=reason or failure_reason(err) or status, finished_at=_now(),
                          wall_time_s=round(time.perf_counter() - started, 2))
         raise
     if rank_zero_only.rank == 0:

@@ -1,4 +1,6 @@
 import hashlib
+import multiprocessing as mp
+import time
 
 import numpy as np
 import pytest
@@ -55,16 +57,12 @@ def test_refuses_to_overwrite_foreign_files(tmp_path):
 
 def _generate_then_read(root, spec_kwargs, start, result):
     """A parallel sweep trial: generate (or reuse) the set, then read every file of it."""
-    import time as _time
-
-    from segkit.data.synthetic import SyntheticSpec as _Spec
-
-    while _time.time() < start:  # staggered gates: some finish generating while others still write
+    while time.time() < start:  # staggered gates: some finish generating while others still write
         pass
     try:
-        out = ensure_synthetic(root, _Spec(**spec_kwargs))
-        until = _time.time() + 1.5
-        while _time.time() < until:  # keep reading while the later processes finish
+        out = ensure_synthetic(root, SyntheticSpec(**spec_kwargs))
+        until = time.time() + 1.5
+        while time.time() < until:  # keep reading while the later processes finish
             for p in sorted(out.rglob("*.png")):
                 p.read_bytes()
         result.put("ok")
@@ -76,9 +74,6 @@ def _generate_then_read(root, spec_kwargs, start, result):
 def test_concurrent_generation_never_pulls_the_set_from_under_a_reader(tmp_path, attempt):
     """Parallel sweep trials (joblib) generate the same set at the same moment. A process that
     finished second once renamed the first one's finished set away while it was being read."""
-    import multiprocessing as mp
-    import time
-
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     result = ctx.Queue()
     spec = dict(num_images=8, min_size=128, max_size=160, seed=3)
