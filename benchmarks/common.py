@@ -83,7 +83,7 @@ def tensor_loader(images: torch.Tensor, masks: torch.Tensor, batch_size: int, wi
 
 
 def data_stub(in_channels: int = 3):
-    """What ``segkit.train.build_module`` reads from a datamodule."""
+    """What ``segkit.training.fit.build_module`` reads from a datamodule."""
     return SimpleNamespace(norm_mean_std=([0.5] * in_channels, [0.25] * in_channels), class_names=list(CLASSES), ignore_index=255)
 
 

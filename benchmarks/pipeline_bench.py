@@ -27,7 +27,8 @@ from benchmarks.augment_bench import SEGKIT_OPTIONS
 from benchmarks.common import compose, data_stub, median, now, synthetic_tensors, tensor_loader
 from benchmarks.train_bench import BATCH, StepTimer, step_deltas
 from segkit.data.augment import BatchAugment
-from segkit.train import build_module, build_trainer
+from segkit.training.fit import build_module
+from segkit.training.trainer import build_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 DARKFIELD = ROOT.parent / "shared" / "data" / "darkfield"

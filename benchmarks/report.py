@@ -59,7 +59,7 @@ def render(r: dict) -> str:
         "",
         f"Target: segkit images/s >= {OVERHEAD_TARGET} x the plain loop's. Result: {met(ok)}.",
         "",
-        "segkit: `SegModule` driven by a Trainer from `segkit.train.build_trainer` (segkit's callbacks, progress bar, "
+        "segkit: `SegModule` driven by a Trainer from `segkit.training.trainer.build_trainer` (segkit's callbacks, progress bar, "
         "TensorBoard logger in a temporary directory, per-step loss logging, confusion-matrix metrics). Plain: the same "
         "architecture and initial weights, the same criterion (CE + Dice), AdamW, channels_last, normalisation on the "
         "fly. Both read the same in-memory uint8 batches through the same DataLoader (no crops, no augmentation). "
@@ -256,7 +256,7 @@ def render(r: dict) -> str:
     L += [
         "## 6. Mixed precision",
         "",
-        "Target: on a CPU, `segkit.precision` turns a mixed-precision request into the faster of fp32 and bf16 "
+        "Target: on a CPU, `segkit.training.precision` turns a mixed-precision request into the faster of fp32 and bf16 "
         f"(`auto` is always fp32 on a CPU). Measured here: bf16 {'faster' if faster_bf16 else 'slower'} than fp32; "
         f"`bf16-mixed` resolves to `{pr['bf16_mixed_resolves_to']}`, `auto` to `{pr['auto_resolves_to']}`: "
         f"{met((pr['bf16_mixed_resolves_to'] == 'bf16-mixed') == faster_bf16)}.",

@@ -30,9 +30,10 @@ from benchmarks.common import (
     synthetic_tensors,
     tensor_loader,
 )
-from segkit.metrics import confusion_matrix
-from segkit.module import SegModule
-from segkit.train import build_module, build_trainer
+from segkit.evaluation.metrics import confusion_matrix
+from segkit.training.fit import build_module
+from segkit.training.module import SegModule
+from segkit.training.trainer import build_trainer
 
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*")
@@ -57,7 +58,7 @@ def step_deltas(ends: list[float], skip: int) -> list[float]:
 
 
 class SegkitLoop:
-    """segkit's real training loop: ``SegModule`` driven by a Trainer from ``segkit.train.build_trainer``
+    """segkit's real training loop: ``SegModule`` driven by a Trainer from ``segkit.training.trainer.build_trainer``
     (segkit's callbacks, progress bar, TensorBoard logger in a temporary directory), on a DataLoader
     over tensors in memory (no crops or augmentation: the plain loop gets the same batches)."""
 
@@ -258,7 +259,7 @@ def efficiency(rounds: int, size: int = SIZE, compile_net: bool = True, tmp: Pat
     flops = {k: count_flops(st, *batch, by_op if k == "channels_last, batch 8" else None) for k, (st, batch) in steps.items()}
     compile_note, compile_s = None, None
     if compile_net:
-        from segkit.module import compile_in_place
+        from segkit.training.module import compile_in_place
 
         net = copy.deepcopy(base)
         if compile_in_place(net):
@@ -339,10 +340,10 @@ class ValTimer(pl.Callback):
 # -------------------------------------------------------------------------------------- precision
 def precision(repeats: int = 2, shapes: tuple[tuple[int, int], ...] = ((2, 64),)) -> dict:
     """U-Net training step in fp32 vs bf16 autocast on this CPU (small shapes), and what
-    segkit.precision resolves ``auto`` and ``bf16-mixed`` to on this machine."""
-    from segkit.losses import build_loss
+    segkit.training.precision resolves ``auto`` and ``bf16-mixed`` to on this machine."""
     from segkit.models import UNet
-    from segkit.precision import cpu_bf16_is_fast, resolve_precision
+    from segkit.training.losses import build_loss
+    from segkit.training.precision import cpu_bf16_is_fast, resolve_precision
 
     rows = []
     for batch, size in shapes:

@@ -9,86 +9,12 @@ the checkpoint, which ``segkit.predict`` then uses by default.
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
-from typing import Any
-
 import hydra
-import numpy as np
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from segkit import CONF_DIR
-from segkit.errors import SegkitError, exit_on_user_error
-from segkit.eval import eval_data, image_scores, load_checkpoint, predict_probs, resolve_device
-from segkit.inference import postprocess
-from segkit.metrics import confusion_matrix
-from segkit.predict import POSTPROCESS_FILE
-
-
-def score(probs: list[np.ndarray], masks: list[np.ndarray], post: dict, class_names: list[str], ignore_index: int, metric: str) -> float:
-    k = len(class_names)
-    cm = torch.zeros(k, k, dtype=torch.long)
-    for p, m in zip(probs, masks, strict=True):
-        labels = postprocess(p, post) if post else p.argmax(0)
-        cm += confusion_matrix(torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(m.astype(np.int64)), k, ignore_index)
-    value = image_scores(cm, class_names).get(metric)
-    if value is None:
-        raise SegkitError(f"metric is '{metric}'; expected miou, mdice, pixel_acc or <iou|dice|precision|recall>/<class name>")
-    return float(value)
-
-
-def tune(probs: list[np.ndarray], masks: list[np.ndarray], class_names: list[str], object_ids: list[int], ignore_index: int,
-         metric: str, grid: dict) -> tuple[dict, float, float, list[dict]]:
-    """Coordinate ascent over the grid; returns (chosen config, metric before, after, trials)."""
-    base: dict[str, Any] = {"object_classes": object_ids} if object_ids else {}
-    before = score(probs, masks, {}, class_names, ignore_index, metric)
-    best, best_value = dict(base), before
-    trials = [{"postprocess": {}, metric: before}]
-
-    def attempt(candidate: dict) -> None:
-        nonlocal best, best_value
-        value = score(probs, masks, candidate, class_names, ignore_index, metric)
-        trials.append({"postprocess": candidate, metric: value})
-        if value > best_value + 1e-9:
-            best, best_value = candidate, value
-
-    for _ in range(2):
-        for c in object_ids:
-            for t in grid.get("thresholds", []):
-                thresholds = dict(best.get("thresholds", {}))
-                thresholds[c] = float(t)
-                attempt({**best, "thresholds": thresholds})
-        for size in grid.get("median_size", []):
-            attempt({**best, "median_size": int(size)})
-        for size in grid.get("min_object_size", []):
-            attempt({**best, "min_object_size": int(size)})
-    return best, before, best_value, trials
-
-
-def run_tune(cfg: DictConfig) -> dict[str, Any]:
-    started = time.perf_counter()
-    ckpt = Path(str(cfg.ckpt_path))
-    module = load_checkpoint(ckpt, resolve_device(str(cfg.device)))
-    dm, source = eval_data(cfg, ckpt)
-    dm.prepare()
-    if not dm.split.get("val"):
-        raise SegkitError(f"data '{dm.name}' has no validation split; expected one (post-processing is tuned on validation, never on test)")
-    images, masks, stems = dm.arrays("val")
-    probs = [predict_probs(module, im).numpy() for im in images]
-    names = list(module.class_names)
-    object_ids = [names.index(c) for c in dm.object_classes if c in names]
-    grid = OmegaConf.to_container(cfg.grid, resolve=True)
-    chosen, before, after, trials = tune(probs, masks, names, object_ids, dm.ignore_index, str(cfg.metric), grid)
-    record = {"postprocess": chosen, "metric": str(cfg.metric), "split": "val", "num_images": len(stems),
-              "before": before, "after": after, "grid": grid, "trials": trials, "data_source": source,
-              "wall_time_s": round(time.perf_counter() - started, 2)}
-    path = ckpt.parent / POSTPROCESS_FILE
-    path.write_text(json.dumps(record, indent=2, default=float) + "\n")
-    print(f"validation {cfg.metric}: {before:.4f} before, {after:.4f} after post-processing {json.dumps(chosen)}")
-    print(f"written to {path} (segkit.predict uses it by default)", flush=True)
-    return record
+from segkit.errors import exit_on_user_error
+from segkit.evaluation.postprocess_search import run_tune
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="tune_postprocess")

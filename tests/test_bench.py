@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segkit.module import SegModule
+from segkit.training.module import SegModule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,7 @@ def test_compile_option_keeps_state_dict_keys() -> None:
 @pytest.mark.parametrize("ignore_index", [255, 0, None])
 def test_confusion_matrix_matches_reference(ignore_index: int | None) -> None:
     """The per-step confusion matrix (made faster for the training loop) counts exactly as before."""
-    from segkit.metrics import confusion_matrix
+    from segkit.evaluation.metrics import confusion_matrix
 
     g = torch.Generator().manual_seed(0)
     target = torch.randint(0, 4, (2, 17, 19), generator=g)

@@ -15,10 +15,12 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from segkit.compare import compare_runs, main, paired_stats, verdict
+from segkit.compare import main
 from segkit.errors import SegkitError
-from segkit.module import SegModule
-from segkit.train import train
+from segkit.evaluation.comparison import compare_runs
+from segkit.evaluation.paired import paired_stats, verdict
+from segkit.training.fit import train
+from segkit.training.module import SegModule
 from tests.conftest import TINY_DATA, TINY_MODELS, compose_cfg
 
 

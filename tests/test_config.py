@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 
 from segkit import CONF_DIR
-from segkit.losses import build_loss
+from segkit.training.losses import build_loss
 from tests.conftest import compose_cfg, to_plain
 
 GROUPS = ["data", "model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "paths", "debug"]
@@ -51,7 +51,7 @@ def test_user_facing_keys_exist(tmp_path):
 def test_schedulers_build(tmp_path):
     import torch
 
-    from segkit.module import SegModule
+    from segkit.training.module import SegModule
 
     for option in _options("scheduler"):
         cfg = compose_cfg(tmp_path, [f"scheduler={option}", "model.base_width=2", "model.depth=1"])
@@ -90,7 +90,7 @@ def test_sweeper_and_launcher_configs_compose(tmp_path, overrides, expect):
 
 
 def test_sweep_safe_strategy():
-    from segkit.train import sweep_safe_strategy
+    from segkit.training.trainer import sweep_safe_strategy
 
     assert sweep_safe_strategy({"strategy": "ddp", "devices": 2})[0] == "ddp_spawn"
     assert sweep_safe_strategy({"strategy": "ddp_find_unused_parameters_true", "devices": -1})[0] == "ddp_spawn_find_unused_parameters_true"

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from segkit.errors import SegkitError
-from segkit.eval import run_eval
-from segkit.module import SegModule
-from segkit.train import train
+from segkit.evaluation.evaluate import run_eval
+from segkit.training.fit import train
+from segkit.training.module import SegModule
 from tests.conftest import REPO, TINY_DATA, TINY_MODELS, cli_env, compose_cfg
 
 

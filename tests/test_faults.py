@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from segkit.checkpointing import AtomicCheckpointIO, atomic_torch_save, load_checkpoint_dict
 from segkit.errors import SegkitError
-from segkit.train import train
+from segkit.training.checkpointing import AtomicCheckpointIO, atomic_torch_save, load_checkpoint_dict
+from segkit.training.fit import train
 from tests.conftest import REPO, TINY_DATA, TINY_MODELS, cli_env, compose_cfg
 
 # a few seconds per epoch on one core, with dropout so that the model's own randomness counts too
@@ -41,7 +41,7 @@ def test_atomic_save_failure_keeps_the_previous_checkpoint(tmp_path, monkeypatch
         f.write(b"partial bytes")  # a half-written file, then the disk fills up
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("segkit.checkpointing.torch.save", disk_full)
+    monkeypatch.setattr("segkit.training.checkpointing.torch.save", disk_full)
     with pytest.raises(SegkitError, match=r"could not write checkpoint '.*last\.ckpt': the disk is full; the previous 'last\.ckpt' is intact"):
         AtomicCheckpointIO().save_checkpoint({"epoch": 2}, path)
     assert path.read_bytes() == before
@@ -62,7 +62,7 @@ def test_a_checkpoint_cannot_execute_code(tmp_path):
     try:
         with pytest.raises(SegkitError, match=r"checkpoint '.*evil\.ckpt' could not be loaded safely"):
             AtomicCheckpointIO().load_checkpoint(bad)
-        from segkit.eval import load_checkpoint
+        from segkit.inference.load import load_checkpoint
 
         with pytest.raises(Exception):  # noqa: B017 - any refusal will do, as long as nothing runs
             load_checkpoint(str(bad))
@@ -81,7 +81,7 @@ def test_read_only_disk_mid_run_keeps_finished_checkpoints(tmp_path, monkeypatch
             raise OSError(errno.EROFS, "Read-only file system")
         return real_save(obj, f, *a, **k)
 
-    monkeypatch.setattr("segkit.checkpointing.torch.save", save_then_fail)
+    monkeypatch.setattr("segkit.training.checkpointing.torch.save", save_then_fail)
     with pytest.raises(SegkitError, match="the file system is read-only"):
         train(cfg)
     run = Path(cfg.paths.output_dir)
@@ -93,7 +93,7 @@ def test_read_only_disk_mid_run_keeps_finished_checkpoints(tmp_path, monkeypatch
 
 # ---------------------------------------------------------------- NaN loss
 def test_nan_loss_stops_the_run_with_a_clear_message(tmp_path, monkeypatch):
-    from segkit import module as module_mod
+    from segkit.training import module as module_mod
 
     real_step = module_mod.SegModule._step
 
@@ -118,7 +118,7 @@ def test_ctrl_c_and_sigterm_are_recorded_as_interrupted_not_failed(tmp_path, mon
     at the next batch; status.json says interrupted, with how to resume."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from segkit import module as module_mod
+    from segkit.training import module as module_mod
 
     real_step = module_mod.SegModule._step
 
@@ -256,7 +256,8 @@ def test_parallel_local_trials(tmp_path):
 def test_deterministic_true_with_segnet_unpooling_falls_back_to_warn(tmp_path):
     from hydra.utils import instantiate
 
-    from segkit.train import build_module, build_trainer
+    from segkit.training.fit import build_module
+    from segkit.training.trainer import build_trainer
 
     cfg = compose_cfg(tmp_path, TINY_DATA + TINY_MODELS["segnet"] + ["trainer.deterministic=true"])
     dm = instantiate(cfg.data, _convert_="all")

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from segkit.errors import SegkitError
-from segkit.predict import run_predict
-from segkit.train import train
-from segkit.tune_postprocess import run_tune
+from segkit.evaluation.postprocess_search import run_tune
+from segkit.inference.files import run_predict
+from segkit.training.fit import train
 from tests.conftest import REPO, TINY_DATA, TINY_MODELS, cli_env, compose_cfg
 
 
@@ -74,7 +74,7 @@ def test_ensemble_averages_probabilities(ckpts, tmp_path):
 
 
 def test_tta_of_flips_and_rotations_is_the_mean_over_the_eight_views(ckpts, tmp_path):
-    from segkit.eval import load_checkpoint
+    from segkit.inference.load import load_checkpoint
 
     _images(tmp_path / "in", [(64, 64)])
     _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'o'}", "save_probabilities=true",

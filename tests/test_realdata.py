@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from segkit.train import train
+from segkit.training.fit import train
 from tests.conftest import SHARED_DATA, compose_cfg
 
 DARKFIELD = SHARED_DATA / "darkfield"

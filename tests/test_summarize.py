@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from segkit.summarize import main, summarize
+from segkit.evaluation.leaderboard import summarize
+from segkit.summarize import main
 
 CLASSES = ["background", "cell"]
 

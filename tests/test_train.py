@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.module import SegModule
-from segkit.train import train
+from segkit.training.fit import train
+from segkit.training.module import SegModule
 from tests.conftest import REPO, TINY_DATA, TINY_MODELS, cli_env, compose_cfg
 
 
@@ -87,7 +87,7 @@ def test_resume_from_last_continues_the_epoch_count(tmp_path):
 
 def test_ckpt_path_last_finds_the_newest_run(tmp_path):
     from segkit.errors import SegkitError
-    from segkit.train import resolve_ckpt_path
+    from segkit.training.resume import resolve_ckpt_path
 
     with pytest.raises(SegkitError, match="ckpt_path=last"):
         resolve_ckpt_path("last", str(tmp_path), "train")
@@ -116,7 +116,7 @@ def test_tensorboard_has_per_class_scalars_and_pictures(tmp_path):
 
 
 def test_mixed_precision_request_on_cpu_trains_in_fp32(tmp_path, capsys, monkeypatch):
-    import segkit.precision as p
+    import segkit.training.precision as p
 
     monkeypatch.setattr(p, "cpu_bf16_is_fast", lambda: False)
     _, _, objects = _run(tmp_path, "trainer=gpu", "trainer.accelerator=cpu")
@@ -148,7 +148,7 @@ def test_two_process_ddp_cpu_validation_equals_a_single_process_evaluation(tmp_p
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from segkit.metrics import flat_scores
+    from segkit.evaluation.metrics import flat_scores
 
     data = [o for o in TINY_DATA if not o.startswith(("data.synthetic.num_images", "data.val_fraction", "data.val_batch_size"))]
     data += ["data.synthetic.num_images=10", "data.val_fraction=0.3", "data.val_batch_size=1"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.analysis.objects import size_distribution_test, size_histogram_png
 from segkit.errors import SegkitError, exit_on_user_error
+from segkit.evaluation.objects import size_distribution_test, size_histogram_png
 
 
 def read_sizes(path: Path, class_name: str, value: str) -> list[float]:

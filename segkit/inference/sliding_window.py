@@ -3,7 +3,7 @@
 Windows of ``tile`` pixels are laid on a grid with step ``tile * (1 - overlap)``, the last window flush
 with the image border, run through the network in batches, and blended per pixel with a weighted
 average of their softmax probabilities (a Gaussian that down-weights window borders, as in MONAI and
-nnU-Net, or constant weights). Typical use with a :class:`segkit.module.SegModule` ``model`` (which
+nnU-Net, or constant weights). Typical use with a :class:`segkit.training.module.SegModule` ``model`` (which
 normalises uint8 input and pads to its stride itself)::
 
     probs = sliding_window_probs(model, image.float(), num_classes=model.num_classes, stride=model.stride)

@@ -11,7 +11,7 @@ from PIL import Image
 from segkit.data.formats import ReadContext, read_dataset
 from segkit.data.formats.sunnybrook import rasterise
 from segkit.errors import SegkitError
-from segkit.train import train
+from segkit.training.fit import train
 from tests.conftest import compose_cfg
 
 rng = np.random.default_rng(0)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from segkit.errors import SegkitError
-from segkit.losses import build_loss
+from segkit.training.losses import build_loss
 
 
 def _data(seed=0, n=2, c=3, h=6, w=5):

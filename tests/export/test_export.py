@@ -16,8 +16,9 @@ import torch
 
 import segkit
 from segkit.errors import SegkitError
-from segkit.export import export, read_metadata, run_export
-from segkit.module import SegModule
+from segkit.export import export, read_metadata
+from segkit.export.__main__ import run_export
+from segkit.training.module import SegModule
 from tests.conftest import REPO, cli_env, compose_cfg
 
 CLASSES = ["background", "cell", "edge"]
@@ -154,7 +155,7 @@ def test_cli_config_default_output_and_no_silent_overwrite(ckpt, tmp_path):
 
 
 def test_failed_check_is_an_error(ckpt, tmp_path, monkeypatch):
-    import segkit.export as ex
+    import segkit.export.exporters as ex
 
     real = ex.load_exported
     monkeypatch.setattr(ex, "load_exported", lambda p, fmt=None: (lambda image: real(p, fmt)(image) + 1e-2))

@@ -3,7 +3,7 @@
 The exported model takes what :meth:`SegModule.forward` takes, a uint8 image batch ``[N, C, H, W]`` with
 any batch size, height and width, and returns float logits ``[N, K, H, W]``: normalisation with the
 training split's mean/std, padding to the network stride (reflect, or replicate where the image is
-smaller than the padding, exactly as :func:`segkit.module.pad_to_multiple`) and the crop back are all
+smaller than the padding, exactly as :func:`segkit.training.module.pad_to_multiple`) and the crop back are all
 inside the exported graph. Metadata (class names, mean/std, channels, classes, stride, segkit version,
 source checkpoint) travels in the file: ONNX ``metadata_props`` (JSON strings), TorchScript extra file
 ``segkit.json``; :func:`read_metadata` reads both. With ``check=true`` the exported model is run on random
@@ -24,19 +24,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 import segkit
-from segkit import CONF_DIR
-from segkit.errors import SegkitError, exit_on_user_error
+from segkit.errors import SegkitError
 
 if TYPE_CHECKING:  # imported where used: a bad option fails before Lightning is imported
     from segkit.models import PatchCNN
-    from segkit.module import SegModule
+    from segkit.training.module import SegModule
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 METADATA_FILE = "segkit.json"  # the TorchScript extra file
@@ -111,7 +108,7 @@ class ExportWrapper(nn.Module):
     on the input size, so that the batch, height and width stay dynamic in an exported graph.
 
     Padding is a gather with computed indices (reflect where the padding is smaller than the image in both
-    dimensions, else replicate, at the bottom/right), which reproduces :func:`segkit.module.pad_to_multiple`
+    dimensions, else replicate, at the bottom/right), which reproduces :func:`segkit.training.module.pad_to_multiple`
     exactly; an input already a multiple of the stride is gathered with the identity. ``traceable``
     swaps max-unpooling for an equal scatter that ``torch.jit.trace`` keeps dynamic.
     """
@@ -344,7 +341,7 @@ def export(ckpt_path: str | Path, fmt: str = "onnx", output: str | Path | None =
     size = [int(v) for v in check_size] if check_size is not None else None
     if size is not None and (len(size) != 4 or min(size) < 1):
         raise SegkitError(f"check_size is {size}; expected [N, C, H, W] with positive values, e.g. [1, 3, 200, 328]")
-    from segkit.eval import load_checkpoint
+    from segkit.inference.load import load_checkpoint
 
     module = load_checkpoint(ckpt, torch.device("cpu"))
     meta = metadata(module, ckpt)
@@ -383,25 +380,3 @@ def export(ckpt_path: str | Path, fmt: str = "onnx", output: str | Path | None =
     (out.parent / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"Exported {fmt} ({exporter}) to {out}" + (f"; max abs diff {summary['check']['max_abs_diff']:.3g}" if check else ""), flush=True)
     return summary
-
-
-def run_export(cfg: DictConfig) -> dict[str, Any]:
-    if cfg.get("ckpt_path") is None or OmegaConf.is_missing(cfg, "ckpt_path"):
-        raise SegkitError("ckpt_path is not set; expected ckpt_path=<run>/checkpoints/best.ckpt")
-    size = cfg.get("check_size")
-    if isinstance(size, ListConfig):
-        size = list(size)
-    elif size is not None and not isinstance(size, list | tuple):
-        raise SegkitError(f"check_size is {size!r}; expected a list [N, C, H, W], e.g. check_size=[1,3,200,328]")
-    return export(cfg.ckpt_path, str(cfg.format), cfg.get("output"), int(cfg.get("opset", 18)), bool(cfg.get("check", True)),
-                  size, bool(cfg.get("overwrite", False)), str(cfg.get("onnx_exporter", "dynamo")))
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
-def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        run_export(cfg)
-
-
-if __name__ == "__main__":
-    main()

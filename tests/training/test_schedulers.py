@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from segkit.schedulers import ExponentialDecayLR
+from segkit.training.schedulers import ExponentialDecayLR
 
 
 def _lrs(**kw):

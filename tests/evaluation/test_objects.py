@@ -1,4 +1,4 @@
-"""segkit.analysis.objects: each test draws shapes whose answer is known by construction (areas are
+"""segkit.evaluation.objects: each test draws shapes whose answer is known by construction (areas are
 ``np.sum`` of the drawn mask, IoUs are counted by hand) and checks the module against it."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import ks_2samp
 
-from segkit.analysis import (
+from segkit.errors import SegkitError
+from segkit.evaluation.objects import (
     OBJECT_COLUMNS,
     UM_COLUMNS,
     compare_sizes,
@@ -24,7 +25,6 @@ from segkit.analysis import (
     size_histogram_png,
     write_objects_csv,
 )
-from segkit.errors import SegkitError
 
 CELL, EDGE, OTHER = 1, 2, 3
 

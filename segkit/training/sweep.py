@@ -16,7 +16,7 @@ class SummarizeSweep(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from segkit.errors import SegkitError
-        from segkit.summarize import summarize
+        from segkit.evaluation.leaderboard import summarize
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():

@@ -1,6 +1,6 @@
 import torch
 
-from segkit.precision import cpu_bf16_is_fast, resolve_precision
+from segkit.training.precision import cpu_bf16_is_fast, resolve_precision
 
 
 def test_auto_is_fp32_on_cpu():
@@ -8,7 +8,7 @@ def test_auto_is_fp32_on_cpu():
 
 
 def test_mixed_precision_on_a_slow_bf16_cpu_falls_back_with_a_note(monkeypatch):
-    import segkit.precision as p
+    import segkit.training.precision as p
 
     monkeypatch.setattr(p, "cpu_bf16_is_fast", lambda: False)
     for req in ("16-mixed", "bf16-mixed"):
@@ -17,7 +17,7 @@ def test_mixed_precision_on_a_slow_bf16_cpu_falls_back_with_a_note(monkeypatch):
 
 
 def test_bf16_kept_on_a_fast_bf16_cpu(monkeypatch):
-    import segkit.precision as p
+    import segkit.training.precision as p
 
     monkeypatch.setattr(p, "cpu_bf16_is_fast", lambda: True)
     assert resolve_precision("bf16-mixed", "cpu") == ("bf16-mixed", None)

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from segkit.analysis.objects import compare_sizes, instances, match_objects, object_table, write_objects_csv
 from segkit.errors import SegkitError
+from segkit.evaluation.objects import compare_sizes, instances, match_objects, object_table, write_objects_csv
 
 
 def class_ids(names: Sequence[str], class_names: Sequence[str], key: str) -> list[int]:

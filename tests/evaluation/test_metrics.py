@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.metrics import ConfusionMatrix, confusion_matrix, flat_scores, scores
+from segkit.evaluation.metrics import ConfusionMatrix, confusion_matrix, flat_scores, scores
 
 
 def numpy_reference(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore: int):

@@ -16,7 +16,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from segkit.callbacks import PALETTE, colorize, confusion_figure, overlay  # noqa: E402
+from segkit.inference.overlay import PALETTE, colorize, overlay  # noqa: E402
+
+
+def confusion_figure(cm: np.ndarray, class_names: list[str], title: str = "") -> plt.Figure:
+    """Row-normalised confusion-matrix heatmap (rows = truth) annotated with share and count."""
+    cm = np.asarray(cm, dtype=np.float64)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.4 * n + 2.5, 1.2 * n + 1.8), dpi=100)
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(n), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n{int(cm[i, j])}", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    ax.set_title(title or "confusion matrix (row-normalised, pooled pixels)")
+    fig.tight_layout()
+    return fig
 
 
 def confusion_png(cm: np.ndarray, class_names: Sequence[str], path: Path) -> Path:

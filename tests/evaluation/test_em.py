@@ -1,4 +1,4 @@
-"""ISBI 2012 EM scores (segkit.analysis.em): V_rand against scikit-image, V_info against an entropy
+"""ISBI 2012 EM scores (segkit.evaluation.em): V_rand against scikit-image, V_info against an entropy
 recount and skimage's variation of information, hand-made split / merge cases, the pixel error, and
 ``segkit.eval`` on a tiny isbi2012-format run."""
 
@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from segkit.analysis.em import (
+from segkit.errors import SegkitError
+from segkit.evaluation.em import (
     check_thresholds,
     contingency,
     em_scores,
@@ -25,7 +26,6 @@ from segkit.analysis.em import (
     rand_scores,
     segmentation_scores,
 )
-from segkit.errors import SegkitError
 from tests.conftest import compose_cfg
 
 rng = np.random.default_rng(0)
@@ -205,9 +205,10 @@ def _isbi_folder(root: Path, n: int = 6, size: int = 32) -> None:
 
 
 def test_eval_on_an_isbi2012_run_reports_em_scores_per_slice_and_their_mean(tmp_path):
-    from segkit.eval import eval_data, predict_probs, run_eval
-    from segkit.module import SegModule
-    from segkit.train import train
+    from segkit.evaluation.evaluate import eval_data, run_eval
+    from segkit.inference.predictor import predict_probs
+    from segkit.training.fit import train
+    from segkit.training.module import SegModule
 
     root = tmp_path / "isbi"
     _isbi_folder(root)

@@ -7,34 +7,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are rendered to TensorBoard, never shown
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 
-# background transparent, then distinct colours (red, green, blue, yellow, magenta, cyan, ...)
-PALETTE = np.array(
-    [[0, 0, 0], [230, 25, 75], [60, 220, 75], [0, 130, 200], [255, 225, 25], [240, 50, 230], [70, 240, 240],
-     [245, 130, 48], [145, 30, 180], [210, 245, 60], [250, 190, 212], [0, 128, 128]],
-    dtype=np.uint8,
-)
-
-
-def colorize(mask: np.ndarray) -> np.ndarray:
-    """Class ids ``[H, W]`` -> RGB ``[H, W, 3]`` uint8 (ids beyond the palette wrap around; 255 grey)."""
-    out = PALETTE[np.asarray(mask, dtype=np.int64) % len(PALETTE)]
-    out[np.asarray(mask) == 255] = 128
-    return out
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend class colours over an RGB image ``[H, W, 3]`` where ``mask`` is not background (0)."""
-    rgb = image.astype(np.float32)
-    fg = (mask > 0)[..., None]
-    blended = (1 - alpha) * rgb + alpha * colorize(mask).astype(np.float32)
-    return np.where(fg, blended, rgb).clip(0, 255).astype(np.uint8)
+from segkit.evaluation.figures import confusion_figure  # noqa: E402
+from segkit.inference.overlay import colorize, overlay  # noqa: E402
 
 
 def panel_row(image: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
@@ -55,28 +35,6 @@ def _tensorboard(trainer: pl.Trainer):
 
 def _fitting(trainer: pl.Trainer) -> bool:
     return trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.is_global_zero
-
-
-def confusion_figure(cm: np.ndarray, class_names: list[str], title: str = "") -> plt.Figure:
-    """Row-normalised confusion-matrix heatmap (rows = truth) annotated with share and count."""
-    cm = np.asarray(cm, dtype=np.float64)
-    rows = cm.sum(1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    n = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.4 * n + 2.5, 1.2 * n + 1.8), dpi=100)
-    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
-    ax.set_xticks(range(n), class_names, rotation=30, ha="right")
-    ax.set_yticks(range(n), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{norm[i, j]:.2f}\n{int(cm[i, j])}", ha="center", va="center", fontsize=8,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
-    ax.set_title(title or "confusion matrix (row-normalised, pooled pixels)")
-    fig.tight_layout()
-    return fig
 
 
 class ConfusionMatrixFigure(pl.Callback):

@@ -18,9 +18,9 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from segkit.losses import build_loss
-from segkit.metrics import ConfusionMatrix, flat_scores
+from segkit.evaluation.metrics import ConfusionMatrix, flat_scores
 from segkit.models import output_stride
+from segkit.training.losses import build_loss
 
 STAGES = ("train", "val", "test")
 

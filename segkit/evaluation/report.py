@@ -1,0 +1,123 @@
+"""``eval_report.md`` and the files beside it: metrics.json, per_image.csv, confusion_matrix.csv and PNGs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from segkit.evaluation.metrics import ABSENT_CLASS_POLICY
+
+PER_CLASS = ("iou", "dice", "precision", "recall")
+
+AGGREGATION_TEXT = (
+    "**Pooled over the dataset**: every pixel of every evaluated image is counted once in one confusion matrix "
+    "(rows = truth, columns = prediction; ignore_index pixels left out) and each score is computed from its totals, "
+    "so large images weigh more. **Mean over images**: each image's scores come from its own confusion matrix and are "
+    "then averaged over the images, each image weighing the same. Per-class accuracy is the recall (the share of a "
+    "class's pixels predicted as that class). Absent classes: " + ABSENT_CLASS_POLICY + "; in the mean over images an "
+    "image where a class is absent from both truth and prediction does not count for that class."
+)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, images, masks, stems, worst_k: int,
+                  objects: dict | None = None, em: dict | None = None) -> Path:
+    """metrics.json, per_image.csv, confusion_matrix.csv, PNGs and eval_report.md; returns the report path."""
+    from segkit.evaluation.figures import class_bar_png, confusion_png, curves_png, worst_overlay_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    pooled, mean = result["pooled"], result["mean_over_images"]
+    metrics = {"pooled": pooled, "mean_over_images": mean}
+    summary = {
+        "metrics": {agg: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()} for agg, m in metrics.items()},
+        "confusion_matrix": result["confusion"].tolist(),
+        "class_names": class_names,
+        "aggregation": {"pooled": "one confusion matrix over every pixel of every image", "mean_over_images": "scores per image, then their mean"},
+        "absent_class_policy": ABSENT_CLASS_POLICY,
+        **meta,
+    }
+    if objects:
+        summary["objects"] = objects
+    if em:
+        summary["metrics"]["em_mean_over_slices"] = em["mean_over_slices"]
+        summary["em"] = {k: v for k, v in em.items() if k not in ("markdown", "mean_over_slices", "mean_over_slices_rows")}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    rows = result["per_image"]
+    with (out / "per_image.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cm = result["confusion"].numpy()
+    with (out / "confusion_matrix.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["true \\ predicted", *class_names])
+        for name, row in zip(class_names, cm.tolist(), strict=True):
+            writer.writerow([name, *row])
+
+    confusion_png(cm, class_names, out / "confusion_matrix.png")
+    class_bar_png(pooled, mean, class_names, out / "per_class.png")
+    curves = curves_png(meta.get("run_dir"), out / "training_curves.png")
+    order = sorted(range(len(rows)), key=lambda i: (math.isnan(rows[i]["miou"]), rows[i]["miou"]))[:worst_k]
+    worst = []
+    for rank, i in enumerate(order):
+        path = out / "worst" / f"{rank + 1:02d}_{stems[i]}.png"
+        worst_overlay_png(images[i], masks[i], result["predictions"][i], class_names, path, f"{stems[i]}: mIoU {_fmt(rows[i]['miou'])}")
+        worst.append((stems[i], rows[i]["miou"], path.relative_to(out)))
+
+    lines = [
+        f"# Evaluation of `{meta['checkpoint']}`",
+        "",
+        f"Data: `{meta['data']['name']}` at `{meta['data']['root']}`, split **{meta['split']}** ({len(rows)} images, "
+        f"{int(cm.sum())} labelled pixels), from {meta['data_source']}. Device {meta['device']}, {meta['wall_time_s']:.1f} s.",
+        "",
+        f"Prediction: {len(meta['checkpoints'])} checkpoint(s){' averaged in probability space' if len(meta['checkpoints']) > 1 else ''}; "
+        f"test-time augmentation {meta['tta'] or 'none'}; post-processing: {meta['postprocess'] or 'none (argmax)'} "
+        f"(from {meta['postprocess_source']}).",
+        "",
+        "## Scores",
+        "",
+        "| metric | pooled over the dataset | mean over images |",
+        "|---|---|---|",
+        *[f"| {k} | {_fmt(pooled[k])} | {_fmt(mean[k])} |" for k in ("miou", "mdice", "pixel_acc")],
+        "",
+        "| class | " + " | ".join(f"{k} (pooled)" for k in PER_CLASS) + " | IoU (mean over images) |",
+        "|---|" + "---|" * (len(PER_CLASS) + 1),
+        *[f"| {c} | " + " | ".join(_fmt(pooled[f"{k}/{c}"]) for k in PER_CLASS) + f" | {_fmt(mean[f'iou/{c}'])} |" for c in class_names],
+        "",
+        "Per-class accuracy = recall. " + AGGREGATION_TEXT,
+        "",
+        "## Confusion matrix (pooled pixel counts; colour = share of the true class)",
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+        "| true \\ predicted | " + " | ".join(class_names) + " |",
+        "|---|" + "---|" * len(class_names),
+        *[f"| {n} | " + " | ".join(str(v) for v in row) + " |" for n, row in zip(class_names, cm.tolist(), strict=True)],
+        "",
+        "## Per-class scores",
+        "",
+        "![per-class scores](per_class.png)",
+        "",
+        "## Training curves",
+        "",
+        "![training curves](training_curves.png)" if curves else "No training logs found next to the checkpoint.",
+        "",
+        f"## The {len(worst)} images with the lowest mIoU (input | truth | prediction | errors in red)",
+        "",
+    ]
+    for stem, miou, rel in worst:
+        lines += [f"**{stem}**: mIoU {_fmt(miou)}", "", f"![{stem}]({rel})", ""]
+    if objects:
+        lines += ["## Objects", "", objects.get("markdown", ""), ""]
+    if em:
+        lines += ["## EM challenge scores (ISBI 2012: V_rand, V_info, pixel error)", "", em["markdown"], ""]
+    lines += ["Every image's scores are in `per_image.csv`; all numbers are in `metrics.json`.", ""]
+    report = out / "eval_report.md"
+    report.write_text("\n".join(lines))
+    return report

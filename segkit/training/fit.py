@@ -1,0 +1,226 @@
+"""``train(cfg)``: a plain function (tests call it with a composed config) that builds the data, the
+module and the trainer, fits, re-evaluates the best checkpoint on validation (and test) and writes
+``metrics.json`` and ``status.json``. ``segkit.train`` wraps it for Hydra."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+
+from segkit.data import SegDataModule
+from segkit.data.stats import class_weights as compute_class_weights
+from segkit.errors import SegkitError
+from segkit.evaluation.metrics import ABSENT_CLASS_POLICY, flat_scores
+from segkit.training.checkpointing import load_checkpoint_dict
+from segkit.training.job import task_overrides
+from segkit.training.module import SegModule
+from segkit.training.records import _now, failure_reason, interruption, write_run_config, write_status
+from segkit.training.resume import resolve_ckpt_path
+from segkit.training.trainer import _plain, build_trainer
+
+# Lightning's advice to add DataLoader workers does not apply: images are decoded once into memory.
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*")
+# SegModule logs epoch metrics that torchmetrics has already reduced over all processes.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+
+
+def resolve_class_weights(loss_cfg: dict, dm: SegDataModule) -> list[float] | None:
+    """``loss.class_weights``: null, a list (checked), or ``auto`` (from the train split)."""
+    weights = loss_cfg.get("class_weights")
+    if weights is None:
+        return None
+    if isinstance(weights, str):
+        if weights != "auto":
+            raise SegkitError(f"loss.class_weights is '{weights}'; expected a list of {dm.num_classes} numbers, auto or null")
+        return compute_class_weights(dm.stats, loss_cfg.get("weight_method", "median_frequency"))
+    weights = [float(w) for w in weights]
+    if len(weights) != dm.num_classes:
+        raise SegkitError(
+            f"loss.class_weights has {len(weights)} values {weights}; expected {dm.num_classes} (one per class of "
+            f"data.class_names {dm.class_names}), or auto"
+        )
+    return weights
+
+
+def build_module(cfg: DictConfig, dm: SegDataModule, class_weights: list[float] | None) -> SegModule:
+    mean, std = dm.norm_mean_std
+    scheduler = _plain(cfg.get("scheduler")) or None
+    return SegModule(
+        model=_plain(cfg.model),
+        loss=_plain(cfg.loss),
+        optimizer=_plain(cfg.optimizer),
+        scheduler=scheduler,
+        class_names=list(dm.class_names),
+        ignore_index=dm.ignore_index,
+        class_weights=class_weights,
+        norm_mean=mean,
+        norm_std=std,
+        channels_last=bool(cfg.get("channels_last", True)),
+    )
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit, re-evaluate the best checkpoint on validation (and test), write ``metrics.json``.
+
+    Returns the flat metrics and the objects built (``datamodule``, ``module``, ``trainer``).
+    ``status.json`` in the run directory says running, completed, or failed with the reason.
+    """
+    started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    if rank_zero_only.rank == 0:
+        resumed = cfg.get("ckpt_path") is not None and (output_dir / "status.json").is_file()
+        write_status(output_dir, "running", reason=None, finished_at=None,
+                     **({"resumed_at": _now()} if resumed else {"started_at": _now(), "overrides": task_overrides()}))
+    try:
+        metrics, objects = _train(cfg, started)
+    except BaseException as err:
+        if rank_zero_only.rank == 0:
+            reason = interruption(err)
+            status = "interrupted" if reason else "failed"
+            write_status(output_dir, status, reason=reason or failure_reason(err) or status, finished_at=_now(),
+                         wall_time_s=round(time.perf_counter() - started, 2))
+        raise
+    if rank_zero_only.rank == 0:
+        summary = objects["summary"]
+        write_status(output_dir, "completed", reason=None, finished_at=_now(), wall_time_s=summary["wall_time_s"],
+                     epochs_trained=summary["epochs_trained"], best_epoch=summary["best_epoch"])
+    return metrics, objects
+
+
+def _train(cfg: DictConfig, started: float) -> tuple[dict[str, float], dict[str, Any]]:
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    output_dir = Path(cfg.paths.output_dir)
+
+    dm: SegDataModule = instantiate(cfg.data, _convert_="all")
+    dm.prepare()
+    if cfg.data.get("class_names") is None or cfg.data.get("num_classes") is None:  # named by the data (codes.txt)
+        with open_dict(cfg):
+            cfg.data.class_names, cfg.data.num_classes = list(dm.class_names), dm.num_classes
+    weights = resolve_class_weights(_plain(cfg.loss), dm)
+    rank_zero_only(dm.write_records)(output_dir, {"class_weights": weights, "weight_method": cfg.loss.get("weight_method") if weights else None})
+    rank_zero_only(write_run_config)(cfg, output_dir, dm)
+    if weights is not None:
+        rank_zero_info(f"segkit: class weights {dict(zip(dm.class_names, [round(w, 4) for w in weights], strict=True))}")
+
+    module = build_module(cfg, dm, weights)
+    trainer = build_trainer(cfg, module)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+
+    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+    module.log_to_logger = False  # the re-evaluation must not add points to the training curves
+    metrics: dict[str, float] = {}
+    trainer.validate(module, datamodule=dm, ckpt_path=best, weights_only=True if best else None, verbose=False)
+    metrics.update(_stage_metrics(trainer, module, "val"))
+    if cfg.get("test") and dm.has_test:
+        trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=True if best else None, verbose=False)
+        metrics.update(_stage_metrics(trainer, module, "test"))
+
+    summary = {
+        "metrics": {k: _finite(v) for k, v in sorted(metrics.items())},
+        "checkpoint": best,
+        "best_epoch": _best_epoch(best),
+        **_progress(trainer, checkpoint),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "aggregation": "pooled over the dataset: one confusion matrix over every pixel of every image of the split",
+        "absent_class_policy": ABSENT_CLASS_POLICY,
+        "precision": str(trainer.precision),
+        "data": {"name": dm.name, "root": str(dm.root), "num_train": len(dm.split["train"]), "num_val": len(dm.split["val"]), "num_test": len(dm.split.get("test", []))},
+    }
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log_hparams(trainer, cfg, summary["metrics"])
+        _print_summary(metrics, dm.class_names, summary)
+        print(f"Run directory: {output_dir}", flush=True)
+    return metrics, {"datamodule": dm, "module": module, "trainer": trainer, "summary": summary}
+
+
+def hparam_summary(cfg: DictConfig) -> dict[str, Any]:
+    """The run's hyper-parameters as flat primitives for TensorBoard's HParams tab: the main choices
+    plus every key the command line set."""
+    def short(node: Any) -> str | None:
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        return str(target).rsplit(".", 1)[-1] if target else None
+
+    out: dict[str, Any] = {
+        "lr": cfg.get("lr"), "seed": cfg.get("seed"), "model": short(cfg.model), "loss": cfg.loss.get("name") or short(cfg.loss),
+        "optimizer": short(cfg.optimizer), "scheduler": short(cfg.get("scheduler")) or "none", "data": cfg.data.get("name"),
+        "crop_size": cfg.data.get("crop_size"), "batch_size": cfg.data.get("batch_size"), "max_epochs": cfg.trainer.get("max_epochs"),
+    }
+    for override in task_overrides():
+        key, _, value = override.lstrip("+~").partition("=")
+        if key and not key.startswith("hydra") and key != "ckpt_path":
+            out[key] = value
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in out.items() if v is not None}
+
+
+def log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float | None]) -> None:
+    """Fill TensorBoard's HParams tab with the final (re-evaluated best-checkpoint) metrics, under
+    ``hparams/<metric>`` so the training curves get no extra points."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    final = {f"hparams/{k}": v for k, v in metrics.items() if v is not None and "/loss" not in k}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger) and final:
+            logger.log_hyperparams(hparam_summary(cfg), metrics=final)
+            logger.finalize("success")
+
+
+def _stage_metrics(trainer: pl.Trainer, module: SegModule, stage: str) -> dict[str, float]:
+    """The stage's scores from the confusion matrix its last epoch pooled (all processes), and its loss."""
+    if stage not in module.last_confusion:  # ddp_spawn: the ranks ran in child processes; Lightning
+        # sends back rank 0's logged metrics, which are already reduced over every process
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+    out = flat_scores(module.last_confusion[stage], module.class_names, stage)
+    loss = trainer.callback_metrics.get(f"{stage}/loss")
+    if loss is not None:
+        out[f"{stage}/loss"] = float(loss)
+    return out
+
+
+def _progress(trainer: pl.Trainer, checkpoint: ModelCheckpoint | None) -> dict[str, int]:
+    """Epochs and steps trained. Under ``ddp_spawn`` the loops ran in child processes and this process's
+    trainer still says 0: the last checkpoint knows."""
+    epochs, steps = trainer.current_epoch, trainer.global_step
+    last = (checkpoint.last_model_path or str(Path(checkpoint.dirpath or ".", "last.ckpt"))) if checkpoint is not None else ""
+    if steps == 0 and last and Path(last).is_file():
+        state = load_checkpoint_dict(last)
+        epochs, steps = int(state.get("epoch", -1)) + 1, int(state.get("global_step", 0))
+    return {"epochs_trained": epochs, "global_step": steps}
+
+
+def _best_epoch(ckpt: str | None) -> int | None:
+    if not ckpt:
+        return None
+    return int(load_checkpoint_dict(ckpt).get("epoch", -1)) + 1  # 1-based
+
+
+def _print_summary(metrics: dict[str, float], class_names: list[str], summary: dict) -> None:
+    for stage in ("val", "test"):
+        if f"{stage}/miou" not in metrics:
+            continue
+        per_class = ", ".join(f"{c} {metrics[f'{stage}/iou/{c}']:.3f}" for c in class_names)
+        print(
+            f"{stage}: mIoU {metrics[f'{stage}/miou']:.4f}  mDice {metrics[f'{stage}/mdice']:.4f}  "
+            f"pixel acc {metrics[f'{stage}/pixel_acc']:.4f}  IoU per class: {per_class}",
+            flush=True,
+        )
+    print(f"best epoch {summary['best_epoch']}, {summary['epochs_trained']} epochs, {summary['wall_time_s']:.0f} s", flush=True)
