@@ -4,13 +4,14 @@ training run (which stops on them)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from segkit.data.formats import Sample
-from segkit.data.io import LOSSY_SUFFIXES
+from segkit.data.io import LOSSY_SUFFIXES, parse_value_map
 
 
 def _suggest_value_map(values: list[int], num_classes: int, ignore_index: int) -> str:
@@ -23,8 +24,10 @@ def _suggest_value_map(values: list[int], num_classes: int, ignore_index: int) -
     return ""
 
 
-def check_sample(sample: Sample, num_classes: int, ignore_index: int, values: list[int] | None = None) -> list[str]:
-    """Problems of one decoded sample (empty when it is fine)."""
+def check_sample(
+    sample: Sample, num_classes: int, ignore_index: int, values: list[int] | None = None, value_map: Mapping[Any, Any] | None = None
+) -> list[str]:
+    """Problems of one decoded sample (empty when it is fine); ``value_map`` is the one the mask was read with."""
     problems = []
     image, mask = sample.image, sample.mask
     if image.shape[:2] != mask.shape:
@@ -37,6 +40,19 @@ def check_sample(sample: Sample, num_classes: int, ignore_index: int, values: li
     if values is None:  # the mask's distinct values (check_samples passes them, computed once)
         values = [int(v) for v in np.unique(mask)]
     bad = [v for v in values if v >= num_classes and v != ignore_index]
+    grey = parse_value_map(value_map)[0]
+    # a grey value map passes the values it does not list through unchanged: those that are not
+    # class ids were stored in the file, and replacing the map (the hint below) would drop its entries
+    unmapped = [v for v in bad if v not in grey.values()] if grey else []
+    if unmapped:
+        entries = ", ".join(f"{k}: {c}" for k, c in grey.items())
+        problems.append(
+            f"mask '{sample.mask_source}' holds values {unmapped[:12]}{' ...' if len(unmapped) > 12 else ''} that data.value_map ({{{entries}}}) "
+            f"does not map and that are not class ids; expected every value mapped by data.value_map or a class id 0..{num_classes - 1} "
+            f"(data.num_classes={num_classes}) or data.ignore_index={ignore_index}: add them to the map, e.g. "
+            f"data.value_map='{{{entries}, {unmapped[0]}: <class id>}}'"
+        )
+    bad = [v for v in bad if v not in unmapped]  # e.g. a value map target that is not a class id
     if bad:
         lossy = Path(sample.mask_source).suffix.lower() in LOSSY_SUFFIXES
         if lossy:
@@ -51,19 +67,51 @@ def check_sample(sample: Sample, num_classes: int, ignore_index: int, values: li
     return problems
 
 
-def check_samples(samples: Sequence[Sample], num_classes: int, ignore_index: int) -> list[str]:
+def check_samples(
+    samples: Sequence[Sample], num_classes: int, ignore_index: int, value_map: Mapping[Any, Any] | None = None
+) -> list[str]:
     problems: list[str] = []
     values: set[int] = set()
+    per_mask: list[tuple[Sample, set[int]]] = []
     for s in samples:
         mask_values = [int(v) for v in np.unique(s.mask)]
-        problems += check_sample(s, num_classes, ignore_index, mask_values)
+        problems += check_sample(s, num_classes, ignore_index, mask_values, value_map)
         values.update(mask_values)
+        per_mask.append((s, set(mask_values)))
     if samples and values == {0, ignore_index} and ignore_index == 255:
         problems.append(
             f"every mask holds only 0 and 255 (e.g. '{samples[0].mask_source}'), and 255 is data.ignore_index, so all "
             "non-zero pixels would be ignored; expected class ids. If 255 marks the foreground, set data.value_map='{255: 1}'"
         )
+    else:
+        problems += _ignore_only_masks(per_mask, num_classes, ignore_index)
     return problems
+
+
+def _ignore_only_masks(per_mask: Sequence[tuple[Sample, set[int]]], num_classes: int, ignore_index: int) -> list[str]:
+    """Masks whose only non-zero value is data.ignore_index while other masks hold class ids: a 0/255
+    mask among 0/1 masks, whose foreground would be ignored (the all-0/255 case is reported above).
+    Not reported when some mask uses the ignore index next to class ids (VOC-style void borders): a
+    mask of background and void is then plausible."""
+    if not 0 < ignore_index < 256 or ignore_index < num_classes:
+        return []  # masks cannot hold it, or it is a class id
+
+    def classes(vals: set[int]) -> set[int]:  # the valid non-background class ids of a mask
+        return {v for v in vals if 0 < v < num_classes}
+
+    with_classes = [(s, v) for s, v in per_mask if classes(v)]
+    if not with_classes or any(ignore_index in v for _, v in with_classes):
+        return []
+    example, example_values = with_classes[0]
+    cls = "1" if num_classes == 2 else "<class id>"
+    return [
+        f"mask '{s.mask_source}' holds only {' and '.join(map(str, sorted(v)))} while the other masks hold class ids "
+        f"(e.g. '{example.mask_source}': {sorted(example_values)}), and {ignore_index} is data.ignore_index, so all its non-zero "
+        f"pixels would be ignored; expected class ids in it: re-save it with its class ids, or, if {ignore_index} marks the "
+        f"foreground in it and every mask like it, set data.value_map='{{{ignore_index}: {cls}}}'"
+        for s, v in per_mask
+        if v - {0} == {ignore_index}
+    ]
 
 
 def check_train_classes(class_pixels: Sequence[int], class_names: Sequence[str], num_train: int) -> list[str]:
