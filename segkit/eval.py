@@ -19,13 +19,16 @@ import hydra
 from omegaconf import DictConfig
 
 from segkit import CONF_DIR
+from segkit.config_check import check_config
 from segkit.errors import exit_on_user_error
 from segkit.evaluation.evaluate import run_eval
+from segkit.training.cleanup import discard_unused_run_dir
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    with exit_on_user_error():
+    with exit_on_user_error(), discard_unused_run_dir():
+        check_config(cfg, "eval")
         result = run_eval(cfg)
     return result["pooled"]["miou"]
 

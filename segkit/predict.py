@@ -14,13 +14,16 @@ import hydra
 from omegaconf import DictConfig
 
 from segkit import CONF_DIR
+from segkit.config_check import check_config
 from segkit.errors import exit_on_user_error
 from segkit.inference.files import run_predict
+from segkit.training.cleanup import discard_unused_run_dir
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
+    with exit_on_user_error(), discard_unused_run_dir():
+        check_config(cfg, "predict")
         run_predict(cfg)
 
 

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from segkit import CONF_DIR
+from segkit.training.module import SegModule
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -77,3 +80,35 @@ def cli_env() -> dict[str, str]:
 
 def to_plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+# Tiny untrained checkpoints of every model family (tests of export and of load_network).
+CKPT_CLASSES = ["background", "cell", "edge"]
+CKPT_MEAN, CKPT_STD = [0.40, 0.50, 0.60], [0.20, 0.25, 0.30]
+CKPT_MODELS = {
+    "unet": {"_target_": "segkit.models.UNet", "depth": 3, "base_width": 4},
+    "segnet": {"_target_": "segkit.models.SegNet", "depth": 3, "base_width": 4},  # max-unpooling by indices
+    "fcn": {"_target_": "segkit.models.FCN", "base_width": 4},
+    "patchcnn": {"_target_": "segkit.models.PatchCNN", "widths": [4, 4, 4], "hidden": 8},  # stride 1, own reflect padding
+    "smp": {"_target_": "segkit.models.SMPModel", "arch": "FPN", "encoder": "resnet18", "encoder_weights": None},
+}
+
+
+def tiny_checkpoint(path: Path, name: str) -> Path:
+    """A SegModule with random (perturbed) weights and BatchNorm statistics, saved by a Lightning trainer."""
+    torch.manual_seed(len(name))
+    module = SegModule(model={**CKPT_MODELS[name], "in_channels": 3, "num_classes": len(CKPT_CLASSES)}, loss={"name": "ce"},
+                       optimizer={"_target_": "torch.optim.Adam"}, class_names=CKPT_CLASSES, norm_mean=CKPT_MEAN, norm_std=CKPT_STD)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", devices=1)
+    trainer.strategy.connect(module)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path)
+    return path

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from segkit.errors import SegkitError
-from segkit.training.checkpointing import AtomicCheckpointIO, atomic_torch_save, load_checkpoint_dict
+from segkit.inference.load import load_network, read_checkpoint
+from segkit.training.checkpointing import AtomicCheckpointIO, atomic_torch_save
 from segkit.training.fit import train
 from tests.conftest import REPO, TINY_DATA, TINY_MODELS, cli_env, compose_cfg
 
@@ -46,7 +47,7 @@ def test_atomic_save_failure_keeps_the_previous_checkpoint(tmp_path, monkeypatch
         AtomicCheckpointIO().save_checkpoint({"epoch": 2}, path)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
-    assert load_checkpoint_dict(path)["epoch"] == 1
+    assert read_checkpoint(path)["epoch"] == 1
 
 
 class _Exploit:
@@ -55,17 +56,17 @@ class _Exploit:
 
 
 def test_a_checkpoint_cannot_execute_code(tmp_path):
+    """A pickle that runs a command when unpickled is refused by every reader, for that reason (weights_only
+    unpickling), and the command never runs. Model specs that name code are refused too:
+    tests/test_crafted_inputs.py."""
     bad = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "payload": _Exploit()}, bad)  # a pickle that runs a command when unpickled
+    torch.save({"state_dict": {}, "payload": _Exploit()}, bad)
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        with pytest.raises(SegkitError, match=r"checkpoint '.*evil\.ckpt' could not be loaded safely"):
-            AtomicCheckpointIO().load_checkpoint(bad)
-        from segkit.inference.load import load_checkpoint
-
-        with pytest.raises(Exception):  # noqa: B017 - any refusal will do, as long as nothing runs
-            load_checkpoint(str(bad))
+        for read in (AtomicCheckpointIO().load_checkpoint, read_checkpoint, load_network):
+            with pytest.raises(SegkitError, match=r"'.*evil\.ckpt' is not a segkit checkpoint: it could not be loaded safely \(UnpicklingError: "):
+                read(bad)
     finally:
         os.chdir(cwd)
     assert not (tmp_path / "EXPLOITED").exists()
@@ -85,8 +86,8 @@ def test_read_only_disk_mid_run_keeps_finished_checkpoints(tmp_path, monkeypatch
     with pytest.raises(SegkitError, match="the file system is read-only"):
         train(cfg)
     run = Path(cfg.paths.output_dir)
-    assert load_checkpoint_dict(run / "checkpoints" / "last.ckpt")["epoch"] == 0
-    assert load_checkpoint_dict(run / "checkpoints" / "best.ckpt")["epoch"] == 0
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 0
+    assert read_checkpoint(run / "checkpoints" / "best.ckpt")["epoch"] == 0
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "failed" and "read-only" in status["reason"]
 
@@ -152,7 +153,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     last, deadline = run / "checkpoints" / "last.ckpt", time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
-            if last.is_file() and load_checkpoint_dict(last)["epoch"] >= 1:  # epochs 1-2 done (never a torn file)
+            if last.is_file() and read_checkpoint(last)["epoch"] >= 1:  # epochs 1-2 done (never a torn file)
                 break
             time.sleep(0.02)
         time.sleep(0.2)  # into epoch 3
@@ -164,7 +165,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
             proc.kill()
     assert json.loads((run / "status.json").read_text())["status"] == "running"  # killed: never got to say otherwise
     assert not (run / "metrics.json").exists()
-    killed_epoch = load_checkpoint_dict(last)["epoch"]
+    killed_epoch = read_checkpoint(last)["epoch"]
     assert killed_epoch in (1, 2)
 
     resumed = _cli(tmp_path, *args, f"ckpt_path={last}", "hydra.run.dir=" + str(tmp_path / "resume_call"))

@@ -74,13 +74,13 @@ def test_ensemble_averages_probabilities(ckpts, tmp_path):
 
 
 def test_tta_of_flips_and_rotations_is_the_mean_over_the_eight_views(ckpts, tmp_path):
-    from segkit.inference.load import load_checkpoint
+    from segkit.inference.load import load_network
 
     _images(tmp_path / "in", [(64, 64)])
     _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'o'}", "save_probabilities=true",
              "tta.flips=true", "tta.rot90=true")
     got = np.load(tmp_path / "o" / "img0_probs.npy")
-    module = load_checkpoint(ckpts[0], torch.device("cpu"))
+    module = load_network(ckpts[0], torch.device("cpu"))
     x = torch.from_numpy(np.asarray(Image.open(tmp_path / "in" / "img0.png"))).permute(2, 0, 1)
     views = []
     with torch.no_grad():

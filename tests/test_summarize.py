@@ -167,3 +167,24 @@ def test_errors_are_one_sentence_with_exit_code_2(tmp_path, sweep, capsys):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "missing")])
     assert exc.value.code == 2 and "is not a directory" in capsys.readouterr().err
+
+
+def test_single_runs_that_failed_before_training_are_not_ranked_but_sweep_trials_are(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs / "a", ["lr=1e-3"], 0.7)
+    setup = make_run(runs / "b", ["data.root=/nowhere"], None, status="failed", reason="data.root '/nowhere' does not exist")
+    status = json.loads((setup / "status.json").read_text())
+    (setup / "status.json").write_text(json.dumps({**status, "stage": "setup"}))
+    trained = make_run(runs / "c", ["lr=10"], None, status="failed", reason="the training loss became nan")
+    (trained / "status.json").write_text(json.dumps({**json.loads((trained / "status.json").read_text()), "stage": "training"}))
+    result = summarize([runs])
+    assert [r.name for r in result["runs"]] == ["a", "c"]
+    assert [r.name for r in result["never_trained"]] == ["b"]
+    assert "Not ranked: 1 run(s) that failed before training started: `b` (data.root '/nowhere' does not exist)." in result["markdown"]
+    # inside a sweep (Hydra's multirun.yaml beside the trials) the same failure is a trial of the sweep: ranked, last
+    sweep = tmp_path / "sweep"
+    make_run(sweep / "0", ["lr=1e-3"], 0.7)
+    failed = make_run(sweep / "1", ["lr=abc"], None, status="failed", reason="lr is 'abc'; expected a positive number")
+    (failed / "status.json").write_text(json.dumps({**json.loads((failed / "status.json").read_text()), "stage": "setup"}))
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    assert [(r.name, r.status) for r in summarize([sweep])["runs"]] == [("0", "completed"), ("1", "failed")]

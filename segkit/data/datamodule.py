@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from segkit import rundir
 from segkit.data.augment import BatchAugment
 from segkit.data.datasets import (
     PadCollate,
@@ -202,7 +203,7 @@ class SegDataModule(pl.LightningDataModule):
                 f"data.class_names is not set and '{self.root / 'codes.txt'}' does not exist; expected a list of class names "
                 "(data.class_names=[background,cell]) or a codes.txt with one name per line"
             )
-        reading.problems += check_samples(reading.samples, self.num_classes, self.ignore_index)
+        reading.problems += check_samples(reading.samples, self.num_classes, self.ignore_index, self.value_map)
         return reading
 
     def make_split(self, reading: Reading) -> dict[str, list[str]]:
@@ -280,9 +281,9 @@ class SegDataModule(pl.LightningDataModule):
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         splits = {"root": str(self.root), "seed": self.split_seed, "fold": self.fold, **self.split}
-        (out / "splits.json").write_text(json.dumps(splits, indent=2) + "\n")
+        rundir.write_json(rundir.RunDir(out).splits, splits)
         stats = {"split": "train", "class_names": self.class_names, "stats_source": self.stats_source, **self.stats.to_dict(), **(extra_stats or {})}
-        (out / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        rundir.write_json(rundir.RunDir(out).data_stats, stats)
 
     @property
     def norm_mean_std(self) -> tuple[list[float], list[float]]:

@@ -19,13 +19,13 @@ Writes ``compare.csv`` (image, A, B, B-A) and ``compare.md``.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from segkit import rundir
 from segkit.errors import SegkitError
 from segkit.evaluation.paired import ALPHA, paired_stats, verdict
 
@@ -35,26 +35,21 @@ def run_paths(path: str | Path) -> tuple[Path, Path]:
     """(run dir, checkpoint) for a run dir or a checkpoint inside one."""
     path = Path(path)
     if path.is_file() and path.suffix == ".ckpt":
-        return path.resolve().parent.parent, path
+        run = rundir.run_of_checkpoint(path)
+        if run is None:
+            raise SegkitError(f"checkpoint '{path}' is not inside a run directory (<run>/{rundir.CHECKPOINTS}/); expected a run of "
+                              "segkit.train, whose splits.json names the images to compare on")
+        return run.path, path
     if not path.is_dir():
         raise SegkitError(f"'{path}' does not exist; expected a run directory of segkit.train (or a .ckpt inside one)")
-    ckpt = None
-    if (path / "metrics.json").is_file():
-        recorded = json.loads((path / "metrics.json").read_text()).get("checkpoint")
-        if recorded and Path(recorded).is_file():
-            ckpt = Path(recorded)
-    ckpt = ckpt or path / "checkpoints" / "best.ckpt"
-    if not ckpt.is_file():
-        raise SegkitError(f"run '{path}' has no checkpoint ({ckpt} does not exist and metrics.json names none that exists); "
-                          "expected a completed segkit.train run")
-    return path, ckpt
+    return path, rundir.RunDir(path).best_checkpoint()
 
 
 def read_split(run: Path, split: str) -> tuple[str, list[str]]:
-    path = run / "splits.json"
+    path = rundir.RunDir(run).splits
     if not path.is_file():
         raise SegkitError(f"'{path}' does not exist; expected the splits.json segkit.train writes, to evaluate both runs on the same images")
-    splits = json.loads(path.read_text())
+    splits = rundir.read_json(path)
     name = ("test" if splits.get("test") else "val") if split == "auto" else split
     if not splits.get(name):
         raise SegkitError(f"the {name} split in '{path}' is empty; expected --split val or a run with a {name} split")
@@ -80,10 +75,10 @@ def evaluate_run(run: Path, ckpt: Path, split: str, device: str = "cpu") -> dict
     from omegaconf import OmegaConf
 
     from segkit.evaluation.evaluate import eval_data, evaluate, select_split
-    from segkit.inference.load import load_checkpoint, resolve_device
+    from segkit.inference.load import load_network, resolve_device
     from segkit.inference.predictor import label_function
 
-    module = load_checkpoint(ckpt, resolve_device(device))
+    module = load_network(ckpt, resolve_device(device))
     dm, _ = eval_data(OmegaConf.create({"data": None}), ckpt)
     dm.prepare()
     if list(dm.class_names) != list(module.class_names):

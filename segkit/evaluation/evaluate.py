@@ -16,11 +16,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from segkit import rundir
 from segkit.errors import SegkitError
 from segkit.evaluation.metrics import confusion_matrix, scores
 from segkit.evaluation.report import PER_CLASS, _fmt, write_outputs
-from segkit.inference.load import load_checkpoint, resolve_device
+from segkit.inference.load import load_network, resolve_device
 from segkit.inference.predictor import label_function
+from segkit.registry import check_config_targets
 
 
 def image_scores(cm: torch.Tensor, class_names: Sequence[str]) -> dict[str, float]:
@@ -62,26 +64,24 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _run_dir(ckpt: Path) -> Path:
-    return ckpt.resolve().parent.parent
-
-
 def eval_data(cfg: DictConfig, ckpt: Path):
     """The datamodule to evaluate on: ``cfg.data`` when given, else the checkpoint's run config with its
-    splits.json (the same split the model was validated on)."""
+    splits.json (the same split the model was validated on). The run config is data: its ``data._target_``
+    must be segkit's own datamodule (``segkit.registry``), or nothing is built."""
     if cfg.get("data") is not None:
         return instantiate(cfg.data, _convert_="all"), "data config given on the command line"
-    run = _run_dir(ckpt)
-    config = run / "run_config.yaml"
-    if not config.is_file():
-        config = run / ".hydra" / "config.yaml"
-    if not config.is_file():
-        raise SegkitError(f"no data=... given and '{run / 'run_config.yaml'}' does not exist; expected the checkpoint inside a segkit run directory, or pass data=<name> data.root=<folder>")
-    run_cfg = OmegaConf.load(config)
-    data_cfg = run_cfg.data
-    splits = run / "splits.json"
-    if splits.is_file():
-        data_cfg.split_file = str(splits)
+    run = rundir.run_of_checkpoint(ckpt)
+    config = run.config_file() if run is not None else None
+    if config is None:
+        where = run.run_config if run is not None else ckpt.resolve().parent / rundir.RUN_CONFIG
+        raise SegkitError(f"no data=... given and '{where}' does not exist; expected the checkpoint inside a segkit run directory "
+                          f"(<run>/{rundir.CHECKPOINTS}/<name>.ckpt), or pass data=<name> data.root=<folder>")
+    checked = check_config_targets(OmegaConf.to_container(OmegaConf.load(config), resolve=False), config)
+    if not isinstance(checked.get("data"), dict) or "_target_" not in checked["data"]:
+        raise SegkitError(f"'{config}' has no data section with a _target_; expected the run config segkit.train writes")
+    data_cfg = OmegaConf.create(checked).data
+    if run.splits.is_file():
+        data_cfg.split_file = str(run.splits)
     return instantiate(data_cfg, _convert_="all"), f"the training run's data config ({config})"
 
 
@@ -105,11 +105,11 @@ def eval_postprocess(value: Any, ckpt: Path) -> tuple[dict | None, str]:
     if isinstance(value, str):
         if value != "tuned":
             raise SegkitError(f"postprocess is '{value}'; expected null, tuned, or a mapping of post-processing keys")
-        from segkit.inference.files import POSTPROCESS_FILE, load_postprocess
+        from segkit.inference.files import load_postprocess
 
         post, source = load_postprocess(None, ckpt)
         if post is None:
-            raise SegkitError(f"postprocess=tuned but '{ckpt.parent / POSTPROCESS_FILE}' does not exist; run segkit.tune_postprocess first")
+            raise SegkitError(f"postprocess=tuned but '{rundir.postprocess_file(ckpt)}' does not exist; run segkit.tune_postprocess first")
         return post, source
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value), "postprocess=... on the command line"
 
@@ -120,7 +120,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     ckpts = [Path(str(p)) for p in (raw if isinstance(raw, ListConfig | list | tuple) else [raw])]
     ckpt = ckpts[0]
     device = resolve_device(str(cfg.device))
-    modules = [load_checkpoint(p, device) for p in ckpts]
+    modules = [load_network(p, device) for p in ckpts]
     module = modules[0]
     for p, m in zip(ckpts[1:], modules[1:], strict=True):
         if m.class_names != module.class_names:
@@ -152,7 +152,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         "tta": tta,
         "postprocess": post,
         "postprocess_source": post_source,
-        "run_dir": str(_run_dir(ckpt)),
+        "run_dir": str(run.path) if (run := rundir.run_of_checkpoint(ckpt)) is not None else None,
         "split": split,
         "num_images": len(stems),
         "data": {"name": dm.name, "root": str(dm.root)},

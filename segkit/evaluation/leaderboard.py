@@ -21,7 +21,6 @@ completed (older runs), else ``unknown``.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import re
@@ -32,9 +31,8 @@ from typing import Any
 
 import yaml
 
+from segkit import rundir
 from segkit.errors import SegkitError
-
-MARKERS = ("status.json", "metrics.json", ".hydra/overrides.yaml")
 
 
 @dataclass
@@ -48,6 +46,9 @@ class Run:
     epochs: int | None = None
     wall_time_s: float | None = None
     name: str = ""
+    #: where a failed run stopped: setup (before training started), training, evaluation (status.json)
+    stage: str | None = None
+    in_sweep: bool = False
 
     @property
     def params(self) -> dict[str, str]:
@@ -61,47 +62,20 @@ class Run:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise SegkitError(f"cannot read '{path}': {err}; expected a JSON file written by segkit.train") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _is_run_dir(d: Path) -> bool:
-    return any((d / m).is_file() for m in MARKERS)
-
-
-def _is_other_task(d: Path) -> bool:
-    """Output dirs of segkit.eval / predict / tune_postprocess also hold ``.hydra/`` (and metrics.json):
-    Hydra's job name (the module run) tells them apart; without it, eval's nested metrics.json does."""
-    if (d / "status.json").is_file():
-        return False
-    hydra_yaml = d / ".hydra" / "hydra.yaml"
-    if hydra_yaml.is_file():
-        match = re.search(r"^  job:\n    name: (\S+)", hydra_yaml.read_text(errors="replace"), re.M)
-        if match:
-            return match.group(1) != "train"
-    if (d / "metrics.json").is_file():
-        metrics = _read_json(d / "metrics.json").get("metrics")
-        return isinstance(metrics, dict) and any(isinstance(v, dict) for v in metrics.values())
-    return False
-
-
 def find_run_dirs(root: Path) -> list[Path]:
-    """Every run dir at or below ``root`` (not descending into a run dir)."""
+    """Every training run dir at or below ``root`` (not descending into a run dir); the folders of
+    segkit.eval / predict / tune_postprocess are told apart by :meth:`segkit.rundir.RunDir.kind`."""
     if not root.is_dir():
         raise SegkitError(f"'{root}' is not a directory; expected a sweep dir, a runs dir or a run dir of segkit.train")
     found: list[Path] = []
     for dirpath, dirnames, _ in os.walk(root):
-        d = Path(dirpath)
-        if _is_run_dir(d):
+        run = rundir.RunDir(Path(dirpath))
+        if run.is_run():
             dirnames[:] = []
-            if not _is_other_task(d):
-                found.append(d)
+            if run.kind() in ("train", None):
+                found.append(run.path)
             continue
-        dirnames[:] = sorted(n for n in dirnames if n not in ("checkpoints", "tensorboard", "csv", ".hydra"))
+        dirnames[:] = sorted(n for n in dirnames if n not in (rundir.CHECKPOINTS, rundir.TENSORBOARD, "csv", rundir.HYDRA_DIR))
     return sorted(found)
 
 
@@ -112,9 +86,10 @@ def _numeric(v: Any) -> float | None:
 
 
 def read_run(path: Path) -> Run:
-    run = Run(path)
-    status = _read_json(path / "status.json") if (path / "status.json").is_file() else None
-    summary = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else None
+    folder = rundir.RunDir(path)
+    run = Run(path, in_sweep=folder.in_sweep())
+    status = folder.read_status()
+    summary = folder.read_metrics()
     if status is not None:
         s = str(status.get("status") or "unknown")
         run.status = "running/killed" if s == "running" else s
@@ -123,10 +98,11 @@ def read_run(path: Path) -> Run:
         run.epochs = status.get("epochs_trained")
         run.wall_time_s = status.get("wall_time_s")
         run.best_epoch = status.get("best_epoch")
+        run.stage = status.get("stage")
     elif summary is not None:
         run.status = "completed"
-    if not run.overrides and (path / ".hydra" / "overrides.yaml").is_file():
-        loaded = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
+    if not run.overrides and folder.hydra_overrides.is_file():
+        loaded = yaml.safe_load(folder.hydra_overrides.read_text()) or []
         run.overrides = [str(o) for o in loaded]
     if summary is not None:
         raw = summary.get("metrics") or {}
@@ -313,7 +289,7 @@ def summarize(dirs: list[Path], metric: str = "val/miou", out: Path | None = Non
     for d in dirs:
         runs_here = find_run_dirs(d)
         if not runs_here:
-            raise SegkitError(f"no run directory (a folder with {', '.join(MARKERS)}) found under '{d}'; expected a sweep dir, "
+            raise SegkitError(f"no run directory (a folder with {', '.join(rundir.MARKERS)}) found under '{d}'; expected a sweep dir, "
                               "a runs dir or a run dir of segkit.train")
         found += [p for p in runs_here if p not in found]
     out = Path(out) if out is not None else dirs[0]
@@ -323,6 +299,13 @@ def summarize(dirs: list[Path], metric: str = "val/miou", out: Path | None = Non
     for r in runs:
         rel = os.path.relpath(r.path.resolve(), base)
         r.name = r.path.resolve().name if rel == "." else rel
+    # a single run stopped by a user error before its first training step has nothing to rank (a sweep's
+    # failed trials stay in the table: they are part of what the sweep asked for)
+    never_trained = [r for r in runs if r.status == "failed" and r.stage == "setup" and not r.in_sweep]
+    runs = [r for r in runs if r not in never_trained]
+    if not runs:
+        raise SegkitError(f"every run under {', '.join(f'{d}' for d in dirs)} failed before training started "
+                          f"(e.g. '{never_trained[0].path}': {never_trained[0].reason}); expected at least one run that trained")
     metric = resolve_metric(metric, runs)
     runs = sort_runs(runs, metric)
     swept = swept_keys(runs)
@@ -349,6 +332,9 @@ def summarize(dirs: list[Path], metric: str = "val/miou", out: Path | None = Non
         *["| " + " | ".join(_md_cell(g(r)) for _, g in cols) + " |" for r in runs],
         "",
     ]
+    if never_trained:
+        md += [f"Not ranked: {len(never_trained)} run(s) that failed before training started: "
+               + "; ".join(f"`{r.name}` ({r.reason})" for r in never_trained) + ".", ""]
     optuna = [d / "optimization_results.yaml" for d in dirs if (d / "optimization_results.yaml").is_file()]
     for path in optuna:
         res = yaml.safe_load(path.read_text()) or {}
@@ -393,4 +379,4 @@ def summarize(dirs: list[Path], metric: str = "val/miou", out: Path | None = Non
     text = "\n".join(md)
     (out / "leaderboard.md").write_text(text)
     return {"runs": runs, "metric": metric, "swept": swept, "seed_summary": seeds, "plots": [p for _, p in plots],
-            "markdown": text, "out": out}
+            "markdown": text, "out": out, "never_trained": never_trained}

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from segkit import rundir
 from segkit.errors import SegkitError
 from segkit.evaluation.evaluate import eval_data, image_scores
 from segkit.evaluation.metrics import confusion_matrix
 from segkit.inference import postprocess
-from segkit.inference.files import POSTPROCESS_FILE
-from segkit.inference.load import load_checkpoint, resolve_device
+from segkit.inference.load import load_network, resolve_device
 from segkit.inference.predictor import predict_probs
 
 
@@ -70,7 +70,7 @@ def tune(probs: list[np.ndarray], masks: list[np.ndarray], class_names: list[str
 def run_tune(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     ckpt = Path(str(cfg.ckpt_path))
-    module = load_checkpoint(ckpt, resolve_device(str(cfg.device)))
+    module = load_network(ckpt, resolve_device(str(cfg.device)))
     dm, source = eval_data(cfg, ckpt)
     dm.prepare()
     if not dm.split.get("val"):
@@ -84,7 +84,7 @@ def run_tune(cfg: DictConfig) -> dict[str, Any]:
     record = {"postprocess": chosen, "metric": str(cfg.metric), "split": "val", "num_images": len(stems),
               "before": before, "after": after, "grid": grid, "trials": trials, "data_source": source,
               "wall_time_s": round(time.perf_counter() - started, 2)}
-    path = ckpt.parent / POSTPROCESS_FILE
+    path = rundir.postprocess_file(ckpt)
     path.write_text(json.dumps(record, indent=2, default=float) + "\n")
     print(f"validation {cfg.metric}: {before:.4f} before, {after:.4f} after post-processing {json.dumps(chosen)}")
     print(f"written to {path} (segkit.predict uses it by default)", flush=True)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
+from segkit import rundir
 from segkit.evaluation.metrics import ABSENT_CLASS_POLICY
 
 PER_CLASS = ("iou", "dice", "precision", "recall")
@@ -47,7 +47,7 @@ def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, i
     if em:
         summary["metrics"]["em_mean_over_slices"] = em["mean_over_slices"]
         summary["em"] = {k: v for k, v in em.items() if k not in ("markdown", "mean_over_slices", "mean_over_slices_rows")}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    rundir.write_metrics(out / rundir.METRICS, "eval", summary)
     rows = result["per_image"]
     with (out / "per_image.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

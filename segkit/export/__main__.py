@@ -9,8 +9,10 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segkit import CONF_DIR
+from segkit.config_check import check_config
 from segkit.errors import SegkitError, exit_on_user_error
 from segkit.export.exporters import export
+from segkit.training.cleanup import discard_unused_run_dir
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
@@ -27,7 +29,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
+    with exit_on_user_error(), discard_unused_run_dir():
+        check_config(cfg, "export")
         run_export(cfg)
 
 

@@ -1,9 +1,9 @@
 """Export a checkpoint for deployment: ``python -m segkit.export ckpt_path=<ckpt> format=onnx|torchscript``.
 
-The exported model takes what :meth:`SegModule.forward` takes, a uint8 image batch ``[N, C, H, W]`` with
+The exported model takes what :meth:`SegNetwork.forward` takes, a uint8 image batch ``[N, C, H, W]`` with
 any batch size, height and width, and returns float logits ``[N, K, H, W]``: normalisation with the
 training split's mean/std, padding to the network stride (reflect, or replicate where the image is
-smaller than the padding, exactly as :func:`segkit.training.module.pad_to_multiple`) and the crop back are all
+smaller than the padding, exactly as :func:`segkit.models.network.pad_to_stride`) and the crop back are all
 inside the exported graph. Metadata (class names, mean/std, channels, classes, stride, segkit version,
 source checkpoint) travels in the file: ONNX ``metadata_props`` (JSON strings), TorchScript extra file
 ``segkit.json``; :func:`read_metadata` reads both. With ``check=true`` the exported model is run on random
@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,35 +30,14 @@ from torch import nn
 
 import segkit
 from segkit.errors import SegkitError
-
-if TYPE_CHECKING:  # imported where used: a bad option fails before Lightning is imported
-    from segkit.models import PatchCNN
-    from segkit.training.module import SegModule
+from segkit.inference.load import load_network
+from segkit.models import PatchCNN
+from segkit.models.network import SegNetwork, gather_pad
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 METADATA_FILE = "segkit.json"  # the TorchScript extra file
 ATOL = RTOL = 1e-4
 ARGMAX_AGREEMENT = 0.9999
-
-
-def _pad_index(n: int, before: int, after: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices into a dimension of size ``n`` that pad it by ``before``/``after``: reflect, replicate, and
-    whether reflect is possible (both paddings smaller than ``n``)."""
-    i = torch.arange(-before, n + after, device=device)
-    last = n - 1
-    reflect = torch.where(i < 0, -i, torch.where(i <= last, i, 2 * last - i))
-    ok = (reflect.min() >= 0) & (reflect.max() <= last)
-    return reflect.clamp(min=0, max=last), i.clamp(min=0, max=last), ok
-
-
-def gather_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """``F.pad(x, (left, right, top, bottom), mode)`` with mode reflect where every padding is smaller than
-    the image, else replicate, as one gather without Python branches on the size (dynamic in exports)."""
-    h, w = x.shape[-2], x.shape[-1]
-    rh, ch, ok_h = _pad_index(h, top, bottom, x.device)
-    rw, cw, ok_w = _pad_index(w, left, right, x.device)
-    ok = ok_h & ok_w
-    return x.index_select(2, torch.where(ok, rh, ch)).index_select(3, torch.where(ok, rw, cw))
 
 
 class _GatherPadPatchCNN(nn.Module):
@@ -103,55 +82,34 @@ def _traceable(net: nn.Module) -> nn.Module:
     return net
 
 
-class ExportWrapper(nn.Module):
-    """uint8 ``[N, C, H, W]`` -> logits ``[N, K, H, W]``: :meth:`SegModule.forward` without Python branches
-    on the input size, so that the batch, height and width stay dynamic in an exported graph.
-
-    Padding is a gather with computed indices (reflect where the padding is smaller than the image in both
-    dimensions, else replicate, at the bottom/right), which reproduces :func:`segkit.training.module.pad_to_multiple`
-    exactly; an input already a multiple of the stride is gathered with the identity. ``traceable``
-    swaps max-unpooling for an equal scatter that ``torch.jit.trace`` keeps dynamic.
-    """
-
-    def __init__(self, module: SegModule, traceable: bool = False) -> None:
-        super().__init__()
-        self.net = copy.deepcopy(module.net).float().cpu().eval().to(memory_format=torch.contiguous_format)
-        from segkit.models import PatchCNN
-
-        for m in self.net.modules():  # model.compile=true: export the plain network
-            if getattr(m, "_compiled_call_impl", None) is not None:
-                m._compiled_call_impl = None
-        if isinstance(self.net, PatchCNN):
-            self.net = _GatherPadPatchCNN(self.net)
-        if traceable:  # for torch.jit.trace
-            _traceable(self.net)
-        self.register_buffer("mean", module.norm_mean.detach().clone().float().cpu())
-        self.register_buffer("std", module.norm_std.detach().clone().float().cpu())
-        self.stride = int(module.stride)
-        self.eval()
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = (image.float() / 255.0 - self.mean) / self.std
-        h, w = x.shape[-2], x.shape[-1]
-        if self.stride > 1:
-            s = self.stride
-            x = gather_pad(x, 0, (h + s - 1) // s * s - h, 0, (w + s - 1) // s * s - w)
-        return self.net(x)[:, :, :h, :w]
+def export_network(network: SegNetwork, traceable: bool = False) -> SegNetwork:
+    """A copy of ``network`` for an exported graph: float32 on the CPU, NCHW, and padding by an index gather
+    (:func:`segkit.models.network.gather_pad`, the same reflect/replicate rule as ``SegNetwork.forward``)
+    without Python branches on the input size, so batch, height and width stay dynamic. ``traceable``
+    also swaps max-unpooling for an equal scatter that ``torch.jit.trace`` keeps dynamic."""
+    net = copy.deepcopy(network.net).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    for m in net.modules():  # model.compile=true: export the plain network
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
+    if isinstance(net, PatchCNN):
+        net = _GatherPadPatchCNN(net)
+    if traceable:  # for torch.jit.trace
+        _traceable(net)
+    meta = network.metadata()
+    return SegNetwork(net, network.class_names, meta["norm_mean"], meta["norm_std"], channels_last=False,
+                      traceable=True, model_spec=network.model_spec).eval()
 
 
-def metadata(module: SegModule, ckpt: Path) -> dict[str, Any]:
+def metadata(network: SegNetwork, ckpt: Path) -> dict[str, Any]:
     """What a deployment needs to feed the model and read its output."""
+    meta = network.metadata()
     return {
         "segkit_version": segkit.__version__,
         "source_checkpoint": str(ckpt.resolve()),
-        "class_names": list(module.class_names),
-        "num_classes": int(module.num_classes),
-        "in_channels": int(module.norm_mean.shape[1]),
-        "norm_mean": [float(v) for v in module.norm_mean.flatten().tolist()],
-        "norm_std": [float(v) for v in module.norm_std.flatten().tolist()],
+        **{k: meta[k] for k in ("class_names", "num_classes", "in_channels", "norm_mean", "norm_std")},
         "norm_units": "mean/std of image/255 (the model divides the uint8 input by 255, then normalises)",
-        "stride": int(module.stride),
-        "model": str(module.hparams.model.get("_target_", "")) if isinstance(module.hparams.get("model"), dict) else "",
+        "stride": meta["stride"],
+        "model": str(meta["model"]),
         "input": "uint8 image [N, C, H, W], any N, H, W",
         "output": "float32 logits [N, K, H, W] (argmax over K = class ids; softmax = probabilities)",
     }
@@ -181,7 +139,7 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_onnx(module: SegModule, meta: dict[str, Any], out: Path, opset: int, example: torch.Tensor, exporter: str = "dynamo") -> str:
+def export_onnx(module: SegNetwork, meta: dict[str, Any], out: Path, opset: int, example: torch.Tensor, exporter: str = "dynamo") -> str:
     """Write ``out`` with dynamic batch/height/width and the metadata; returns the exporter used.
 
     ``dynamo``: ``torch.onnx.export(dynamo=True)`` with ``Dim.DYNAMIC`` shapes (torch's default; slow: seconds
@@ -193,7 +151,7 @@ def export_onnx(module: SegModule, meta: dict[str, Any], out: Path, opset: int, 
     errors = []
     for name in (exporter, *(e for e in ONNX_EXPORTERS if e != exporter)):
         try:
-            wrapper = ExportWrapper(module, traceable=name == "legacy")
+            wrapper = export_network(module, traceable=name == "legacy")
             print(f"Exporting to ONNX with the {name} exporter" + (" (can take a minute)" if name == "dynamo" else ""), flush=True)
             with warnings.catch_warnings(), torch.no_grad(), _quiet():
                 warnings.simplefilter("ignore")
@@ -226,7 +184,7 @@ def _set_onnx_metadata(model: Any, meta: dict[str, Any]) -> None:
         entry.key, entry.value = key, json.dumps(value)
 
 
-def export_torchscript(wrapper: ExportWrapper, meta: dict[str, Any], out: Path, example: torch.Tensor) -> str:
+def export_torchscript(wrapper: SegNetwork, meta: dict[str, Any], out: Path, example: torch.Tensor) -> str:
     """Trace ``wrapper`` (sizes are traced symbolically: the check runs it at other sizes)."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -296,7 +254,7 @@ def check_sizes(check_size: Sequence[int], stride: int) -> list[list[int]]:
     return [[n, c, h, w], [2, c, off_stride(max(h // 2, 8) + 1), off_stride(max(w // 2, 8) + 3)]]
 
 
-def compare(exported: Any, wrapper: ExportWrapper, module: SegModule, sizes: Sequence[Sequence[int]]) -> dict[str, Any]:
+def compare(exported: Any, wrapper: SegNetwork, module: SegNetwork, sizes: Sequence[Sequence[int]]) -> dict[str, Any]:
     """Run the exported model and PyTorch on random uint8 inputs; max abs diffs and argmax agreement."""
     module = module.eval().cpu()
     rows = []
@@ -341,23 +299,21 @@ def export(ckpt_path: str | Path, fmt: str = "onnx", output: str | Path | None =
     size = [int(v) for v in check_size] if check_size is not None else None
     if size is not None and (len(size) != 4 or min(size) < 1):
         raise SegkitError(f"check_size is {size}; expected [N, C, H, W] with positive values, e.g. [1, 3, 200, 328]")
-    from segkit.inference.load import load_checkpoint
-
-    module = load_checkpoint(ckpt, torch.device("cpu"))
+    module = load_network(ckpt, torch.device("cpu"))
     meta = metadata(module, ckpt)
     c, s = meta["in_channels"], meta["stride"]
     size = size or [1, c, 200, 328]
     if size[1] != c:
         raise SegkitError(f"check_size is {size}; expected [N, {c}, H, W] (the model takes {c} channels)")
     out = output_path(ckpt, fmt, output, overwrite)
-    wrapper = ExportWrapper(module)  # the check also reports how far it is from SegModule.forward
+    wrapper = export_network(module)  # the check also reports how far it is from SegNetwork.forward
     # Trace/export at a size that is not a multiple of the stride, so the padding is traced too.
     example = _sample([2, c, max(2 * s, 8) + 3, max(3 * s, 8) + 5])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.stem}.part{out.suffix}")  # moved into place once written (and checked)
     try:
         exporter = (export_onnx(module, meta, tmp, int(opset), example, onnx_exporter) if fmt == "onnx"
-                    else export_torchscript(ExportWrapper(module, traceable=True), meta, tmp, example))
+                    else export_torchscript(export_network(module, traceable=True), meta, tmp, example))
         summary: dict[str, Any] = {"format": fmt, "path": str(out), "exporter": exporter, "checkpoint": str(ckpt),
                                    "opset": int(opset) if fmt == "onnx" else None, "metadata": meta, "size_bytes": tmp.stat().st_size}
         if check:

@@ -15,13 +15,12 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 
+from segkit import rundir
 from segkit.data.io import IMAGE_SUFFIXES, read_array, to_image
 from segkit.errors import SegkitError
-from segkit.inference.load import load_checkpoint, resolve_device
+from segkit.inference.load import load_network, resolve_device, run_data_config
+from segkit.inference.overlay import overlay
 from segkit.inference.predictor import make_predictor
-from segkit.training.callbacks import overlay
-
-POSTPROCESS_FILE = "postprocess.json"
 
 
 def list_inputs(spec: str) -> list[Path]:
@@ -62,7 +61,7 @@ def pixel_size_of(path: Path) -> float | None:
 def load_postprocess(cfg_value: Any, ckpt: Path) -> tuple[dict | None, str]:
     if cfg_value is not None:
         return (OmegaConf.to_container(cfg_value, resolve=True) if isinstance(cfg_value, DictConfig) else dict(cfg_value)), "postprocess=... on the command line"
-    tuned = ckpt.parent / POSTPROCESS_FILE
+    tuned = rundir.postprocess_file(ckpt)
     if tuned.is_file():
         try:
             return json.loads(tuned.read_text())["postprocess"], f"{tuned} (segkit.tune_postprocess)"
@@ -88,7 +87,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     ckpts = [Path(str(p)) for p in (cfg.ckpt_path if isinstance(cfg.ckpt_path, ListConfig | list | tuple) else [cfg.ckpt_path])]
     device = resolve_device(str(cfg.device))
-    modules = [load_checkpoint(p, device) for p in ckpts]
+    modules = [load_network(p, device) for p in ckpts]
     names = modules[0].class_names
     for p, m in zip(ckpts[1:], modules[1:], strict=True):
         if m.class_names != names:
@@ -98,12 +97,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     out = Path(str(cfg.output)) if cfg.get("output") else Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     post, post_source = load_postprocess(cfg.get("postprocess"), ckpts[0])
-    run_cfg_path = ckpts[0].resolve().parent.parent / "run_config.yaml"
-    object_classes: list[str] = []
-    edge_class = None
-    if run_cfg_path.is_file():
-        data_cfg = OmegaConf.load(run_cfg_path).get("data", {})
-        object_classes, edge_class = list(data_cfg.get("object_classes") or []), data_cfg.get("edge_class")
+    data_cfg = run_data_config(ckpts[0])  # checked by load_network
+    object_classes, edge_class = list(data_cfg.get("object_classes") or []), data_cfg.get("edge_class")
     inference = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") else {}
     tta = OmegaConf.to_container(cfg.tta, resolve=True) if cfg.get("tta") else {}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from segkit.training.module import SegModule
+from segkit.models.network import SegNetwork
 
 LARGE_IMAGE_PIXELS = 16_000_000
 
@@ -19,18 +19,18 @@ def stitch_device_for(setting: str, pixels: int, model_device: torch.device) -> 
     return torch.device(setting)
 
 
-def make_predictor(modules: Sequence[SegModule], inference: dict, tta: dict, pixels: int,
+def make_predictor(modules: Sequence[SegNetwork], inference: dict, tta: dict, pixels: int,
                    progress: Callable[[int, int], None] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """``image uint8 [C, H, W]`` -> probabilities ``[K, H, W]`` (on the CPU): ensemble of sliding-window
     predictions, each optionally averaged over test-time flips/rotations."""
     from segkit.inference import ensemble_probs, sliding_window_probs, tta_probs
 
-    def one(module: SegModule) -> Callable[[torch.Tensor], torch.Tensor]:
-        device = module.norm_mean.device
+    def one(module: SegNetwork) -> Callable[[torch.Tensor], torch.Tensor]:
+        device = module.device
         stitch = stitch_device_for(str(inference.get("stitch_device", "auto")), pixels, device)
 
         def window(x: torch.Tensor) -> torch.Tensor:
-            return module(x)  # SegModule normalises, pads to its stride and crops back
+            return module(x)  # SegNetwork normalises, pads to its stride and crops back
 
         def probs(image: torch.Tensor) -> torch.Tensor:
             return sliding_window_probs(window, image.to(device), module.num_classes, tile=int(inference.get("tile", 512)),
@@ -47,13 +47,13 @@ def make_predictor(modules: Sequence[SegModule], inference: dict, tta: dict, pix
     return lambda image: ensemble_probs(members, image)
 
 
-def predict_probs(module: SegModule, image: np.ndarray, tile: int = 1024, overlap: float = 0.25, batch_size: int = 4) -> torch.Tensor:
+def predict_probs(module: SegNetwork, image: np.ndarray, tile: int = 1024, overlap: float = 0.25, batch_size: int = 4) -> torch.Tensor:
     """Softmax probabilities ``[K, H, W]`` (on the CPU) for one ``[H, W, C]`` uint8 image, by the same
     path as ``segkit.predict``: one forward pass when it fits in a tile, else a Gaussian-blended sliding window."""
     return label_probs([module], {"tile": tile, "overlap": overlap, "batch_size": batch_size}, {})(image)
 
 
-def label_probs(modules: Sequence[SegModule], inference: dict, tta: dict) -> Callable[[np.ndarray], torch.Tensor]:
+def label_probs(modules: Sequence[SegNetwork], inference: dict, tta: dict) -> Callable[[np.ndarray], torch.Tensor]:
     """``[H, W, C]`` uint8 image -> probabilities ``[K, H, W]`` (CPU): :func:`make_predictor`
     (sliding window, ensemble, TTA) with eval's defaults (tiles of 1024, stitched on the CPU)."""
     from segkit.inference.predictor import make_predictor
@@ -68,7 +68,7 @@ def label_probs(modules: Sequence[SegModule], inference: dict, tta: dict) -> Cal
     return probs
 
 
-def label_function(modules: Sequence[SegModule], inference: dict, tta: dict, post: dict | None,
+def label_function(modules: Sequence[SegNetwork], inference: dict, tta: dict, post: dict | None,
                    on_probs: Callable[[np.ndarray], None] | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """Image -> labels: one checkpoint, or an ensemble averaged in probability space, with optional
     test-time flips/rotations, then ``post`` (segkit.inference.postprocess) or the argmax. ``on_probs``

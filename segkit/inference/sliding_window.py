@@ -3,7 +3,7 @@
 Windows of ``tile`` pixels are laid on a grid with step ``tile * (1 - overlap)``, the last window flush
 with the image border, run through the network in batches, and blended per pixel with a weighted
 average of their softmax probabilities (a Gaussian that down-weights window borders, as in MONAI and
-nnU-Net, or constant weights). Typical use with a :class:`segkit.training.module.SegModule` ``model`` (which
+nnU-Net, or constant weights). Typical use with a :class:`segkit.models.network.SegNetwork` ``model`` (which
 normalises uint8 input and pads to its stride itself)::
 
     probs = sliding_window_probs(model, image.float(), num_classes=model.num_classes, stride=model.stride)
@@ -18,10 +18,10 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from segkit.errors import SegkitError
+from segkit.models.network import pad_to_stride
 
 #: Smallest Gaussian blend weight: window borders still count, and every pixel's weight sum is > 0.
 MIN_WEIGHT = 1e-3
@@ -65,19 +65,6 @@ def window_starts(length: int, tile: int, overlap: float) -> list[int]:
     return starts
 
 
-def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Pad ``[N, C, h, w]`` at the bottom/right to multiples of ``multiple``: reflect where the image is
-    larger than the padding, else replicate. Integer images are padded through float32 (exact)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    if x.is_floating_point():
-        return F.pad(x, (0, pw, 0, ph), mode=mode)
-    return F.pad(x.float(), (0, pw, 0, ph), mode=mode).to(x.dtype)
-
-
 def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         pair = (value, value)
@@ -93,7 +80,7 @@ def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int
 def _logits(fn: Callable[[Tensor], Tensor], x: Tensor, stride: int, num_classes: int) -> Tensor:
     """``fn`` on ``x [N, C, h, w]`` padded to ``stride``, cropped back to ``[N, K, h, w]``, as float32."""
     h, w = x.shape[-2:]
-    out = fn(_pad_to_multiple(x, stride))
+    out = fn(pad_to_stride(x, stride))
     if not isinstance(out, Tensor) or out.ndim != 4:
         found = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise SegkitError(f"the model returned {found}, expected logits [N, K, H, W]")
@@ -127,7 +114,7 @@ def sliding_window_probs(
 
     Args:
         fn: a network, ``x [N, C, h, w] -> logits [N, K, h, w]`` with ``h``, ``w`` multiples of
-            ``stride`` (e.g. ``model.net`` on normalised input, or a ``SegModule``).
+            ``stride`` (e.g. ``model.net`` on normalised input, or a ``SegNetwork``).
         image: ``[C, H, W]``, passed through as it is (normalised or raw, any dtype ``fn`` accepts);
             windows are cut on its device, where ``fn`` runs.
         num_classes: ``K``; the logits must have that many channels.

@@ -4,8 +4,9 @@ killed at any moment leaves either the previous complete checkpoint or the new c
 a truncated file; a full or read-only disk raises one clear sentence and leaves the previous
 checkpoint as it was.
 
-Loading is always ``weights_only=True``: a segkit checkpoint holds tensors and primitive
-hyper-parameters only, so a ``.ckpt`` file cannot run code when it is opened.
+Loading is always ``weights_only=True`` (:func:`segkit.inference.load.read_checkpoint`): a segkit checkpoint
+holds tensors and primitive hyper-parameters only, so unpickling a ``.ckpt`` runs no code; what is built from
+those values afterwards comes from segkit's registry (``segkit.registry``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from segkit.errors import SegkitError
+from segkit.inference.load import read_checkpoint
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -50,17 +52,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         pass
 
 
-def load_checkpoint_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """A checkpoint's dict, loaded with ``weights_only=True`` (no pickled code is ever executed)."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise SegkitError(
-            f"checkpoint '{path}' could not be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            "expected a .ckpt written by segkit (tensors and plain values only)"
-        ) from e
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint plugin: atomic writes, ``weights_only`` reads."""
 
@@ -72,7 +63,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None) -> dict[str, Any]:
         if not Path(path).is_file():
             raise SegkitError(f"checkpoint '{path}' does not exist; expected a .ckpt file written by segkit")
-        return load_checkpoint_dict(path, map_location=map_location)
+        return read_checkpoint(path, map_location=map_location)
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):

@@ -4,7 +4,6 @@ module and the trainer, fits, re-evaluates the best checkpoint on validation (an
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -17,11 +16,12 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
+from segkit import rundir
 from segkit.data import SegDataModule
 from segkit.data.stats import class_weights as compute_class_weights
 from segkit.errors import SegkitError
 from segkit.evaluation.metrics import ABSENT_CLASS_POLICY, flat_scores
-from segkit.training.checkpointing import load_checkpoint_dict
+from segkit.inference.load import read_checkpoint
 from segkit.training.job import task_overrides
 from segkit.training.module import SegModule
 from segkit.training.records import _now, failure_reason, interruption, write_run_config, write_status
@@ -78,31 +78,33 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, re-evaluate the best checkpoint on validation (and test), write ``metrics.json``.
 
     Returns the flat metrics and the objects built (``datamodule``, ``module``, ``trainer``).
-    ``status.json`` in the run directory says running, completed, or failed with the reason.
+    ``status.json`` in the run directory says running, completed, or failed with the reason and the stage
+    it failed in (``setup``: before the first training step, e.g. unreadable data; ``training``; ``evaluation``).
     """
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     if rank_zero_only.rank == 0:
-        resumed = cfg.get("ckpt_path") is not None and (output_dir / "status.json").is_file()
-        write_status(output_dir, "running", reason=None, finished_at=None,
+        resumed = cfg.get("ckpt_path") is not None and rundir.RunDir(output_dir).status.is_file()
+        write_status(output_dir, "running", reason=None, finished_at=None, stage=None,
                      **({"resumed_at": _now()} if resumed else {"started_at": _now(), "overrides": task_overrides()}))
+    stage = {"name": "setup"}
     try:
-        metrics, objects = _train(cfg, started)
+        metrics, objects = _train(cfg, started, stage)
     except BaseException as err:
         if rank_zero_only.rank == 0:
             reason = interruption(err)
             status = "interrupted" if reason else "failed"
             write_status(output_dir, status, reason=reason or failure_reason(err) or status, finished_at=_now(),
-                         wall_time_s=round(time.perf_counter() - started, 2))
+                         wall_time_s=round(time.perf_counter() - started, 2), stage=stage["name"])
         raise
     if rank_zero_only.rank == 0:
         summary = objects["summary"]
-        write_status(output_dir, "completed", reason=None, finished_at=_now(), wall_time_s=summary["wall_time_s"],
+        write_status(output_dir, "completed", reason=None, stage=None, finished_at=_now(), wall_time_s=summary["wall_time_s"],
                      epochs_trained=summary["epochs_trained"], best_epoch=summary["best_epoch"])
     return metrics, objects
 
 
-def _train(cfg: DictConfig, started: float) -> tuple[dict[str, float], dict[str, Any]]:
+def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir = Path(cfg.paths.output_dir)
@@ -121,7 +123,9 @@ def _train(cfg: DictConfig, started: float) -> tuple[dict[str, float], dict[str,
     module = build_module(cfg, dm, weights)
     trainer = build_trainer(cfg, module)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
+    stage["name"] = "training"
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    stage["name"] = "evaluation"
 
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
@@ -146,7 +150,7 @@ def _train(cfg: DictConfig, started: float) -> tuple[dict[str, float], dict[str,
     }
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        rundir.write_metrics(rundir.RunDir(output_dir).metrics, "train", summary)
         log_hparams(trainer, cfg, summary["metrics"])
         _print_summary(metrics, dm.class_names, summary)
         print(f"Run directory: {output_dir}", flush=True)
@@ -202,7 +206,7 @@ def _progress(trainer: pl.Trainer, checkpoint: ModelCheckpoint | None) -> dict[s
     epochs, steps = trainer.current_epoch, trainer.global_step
     last = (checkpoint.last_model_path or str(Path(checkpoint.dirpath or ".", "last.ckpt"))) if checkpoint is not None else ""
     if steps == 0 and last and Path(last).is_file():
-        state = load_checkpoint_dict(last)
+        state = read_checkpoint(last)
         epochs, steps = int(state.get("epoch", -1)) + 1, int(state.get("global_step", 0))
     return {"epochs_trained": epochs, "global_step": steps}
 
@@ -210,7 +214,7 @@ def _progress(trainer: pl.Trainer, checkpoint: ModelCheckpoint | None) -> dict[s
 def _best_epoch(ckpt: str | None) -> int | None:
     if not ckpt:
         return None
-    return int(load_checkpoint_dict(ckpt).get("epoch", -1)) + 1  # 1-based
+    return int(read_checkpoint(ckpt).get("epoch", -1)) + 1  # 1-based
 
 
 def _print_summary(metrics: dict[str, float], class_names: list[str], summary: dict) -> None:

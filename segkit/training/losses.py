@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.errors import SegkitError
-
-LOSS_NAMES = ("ce", "weighted_ce", "dice", "ce_dice")
+from segkit.registry import LOSS_NAMES
 
 
 class SoftDiceLoss(nn.Module):

@@ -1,8 +1,10 @@
 """``SegModule``: the LightningModule that trains and evaluates any segmentation network.
 
 It is rebuilt from primitive hyper-parameters alone (dicts of str/int/float/list), so a checkpoint
-holds no pickled objects, loads with ``weights_only=True`` and needs no Hydra config:
-``SegModule.load_from_checkpoint(path, weights_only=True)``.
+holds no pickled objects, loads with ``weights_only=True`` and needs no Hydra config. Network, loss, optimizer
+and scheduler are built from segkit's registry of names (``segkit.registry``), never from an arbitrary
+``_target_``. Inference does not need this class: :func:`segkit.inference.load_network` rebuilds the
+:class:`~segkit.models.network.SegNetwork` it trains from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -12,28 +14,23 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
-from hydra.utils import get_class, instantiate
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
 from segkit.evaluation.metrics import ConfusionMatrix, flat_scores
-from segkit.models import output_stride
+from segkit.models.network import SegNetwork, build_network
+from segkit.registry import build_optimizer, build_scheduler, check_loss_spec
 from segkit.training.losses import build_loss
 
 STAGES = ("train", "val", "test")
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad ``[N, C, H, W]`` at the bottom/right to multiples of ``multiple`` (reflect where the image is
-    large enough, else replicate); returns the padded tensor and the original ``(H, W)``."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x, (h, w)
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+def network_state_keys_to_module(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A ``SegModule`` state dict in today's keys (``network.net.*``) from either format."""
+    if any(k.startswith("network.") for k in state_dict):
+        return state_dict
+    return {(f"network.{k}" if k.startswith("net.") else k): v for k, v in state_dict.items()}
 
 
 def compile_in_place(net: nn.Module) -> bool:
@@ -54,7 +51,7 @@ def compile_in_place(net: nn.Module) -> bool:
 
 
 class SegModule(pl.LightningModule):
-    """Trains ``model`` (a ``_target_`` spec) with ``loss`` and logs per-class metrics each epoch.
+    """Trains ``model`` (a spec naming a segkit network) with ``loss`` and logs per-class metrics each epoch.
 
     Batches: ``{"image": uint8 [N, C, H, W], "mask": uint8/int64 [N, H, W], ...}``. Images are
     normalised here, on the training device, with the train split's ``norm_mean``/``norm_std``
@@ -80,25 +77,19 @@ class SegModule(pl.LightningModule):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.ignore_index = ignore_index
-        model = dict(model)
-        compile_net = bool(model.pop("compile", False))  # segkit's option, not the network's
-        self.net: nn.Module = instantiate(model)
-        self.stride = output_stride(self.net)
+        net = build_network(model, "the model config")
         self.channels_last = channels_last
         if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        if compile_net:
-            compile_in_place(self.net)
-        loss_spec = {k: v for k, v in loss.items() if k not in ("class_weights", "weight_method", "ignore_index")}
+            net = net.to(memory_format=torch.channels_last)
+        if model.get("compile", False):  # segkit's option, not the network's
+            compile_in_place(net)
+        #: the network with its normalisation, stride padding and crop: what inference loads back
+        self.network = SegNetwork(net, self.class_names, norm_mean, norm_std, channels_last=channels_last,
+                                  model_spec=model, ignore_index=ignore_index)
+        loss_spec = check_loss_spec(loss, "the loss config")
         self.criterion = build_loss(
             num_classes=self.num_classes, ignore_index=ignore_index, class_weights=class_weights, **loss_spec
         )
-        in_ch = len(norm_mean) if norm_mean is not None else 1
-        mean = torch.tensor(norm_mean if norm_mean is not None else [0.0] * in_ch).view(1, -1, 1, 1)
-        std = torch.tensor(norm_std if norm_std is not None else [1.0] * in_ch).view(1, -1, 1, 1)
-        # non-persistent: they are rebuilt from the hyper-parameters
-        self.register_buffer("norm_mean", mean, persistent=False)
-        self.register_buffer("norm_std", std, persistent=False)
         self.metrics = nn.ModuleDict({f"{s}_cm": ConfusionMatrix(self.num_classes, ignore_index) for s in STAGES})
         # Epoch losses are torchmetrics too, synchronised with the confusion matrix in the epoch-end hook
         # that every process runs. (``self.log(..., sync_dist=True)`` would synchronise lazily, when the
@@ -113,19 +104,40 @@ class SegModule(pl.LightningModule):
         self.log_to_logger = True
 
     # ------------------------------------------------------------------ forward
+    @property
+    def net(self) -> nn.Module:
+        """The bare network (``[N, C, H, W]`` normalised, stride-sized input -> logits)."""
+        return self.network.net
+
+    @net.setter
+    def net(self, value: nn.Module) -> None:
+        self.network.net = value
+
+    @property
+    def stride(self) -> int:
+        return self.network.stride
+
+    @property
+    def norm_mean(self) -> torch.Tensor:
+        return self.network.norm_mean
+
+    @property
+    def norm_std(self) -> torch.Tensor:
+        return self.network.norm_std
+
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 ``[N, C, H, W]`` -> normalised float ``[N, C, H, W]``."""
-        x = image.float().div_(255.0)
-        return (x - self.norm_mean) / self.norm_std
+        return self.network.normalize(image)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, num_classes, H, W]`` for a uint8 image batch of any size (padded to the network
-        stride internally and cropped back)."""
-        x = self.normalize(image)
-        x, (h, w) = pad_to_multiple(x, self.stride)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)[..., :h, :w]
+        """Logits ``[N, num_classes, H, W]`` for a uint8 image batch of any size (:class:`SegNetwork`:
+        padded to the network stride internally and cropped back)."""
+        return self.network(image)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints written before ``SegNetwork`` (segkit 0.1) keep the network under ``net.``; today it
+        is ``network.net.``. Lightning calls this before loading the state (resume, validate, test)."""
+        checkpoint["state_dict"] = network_state_keys_to_module(checkpoint.get("state_dict", {}))
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,14 +197,13 @@ class SegModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        opt_spec = dict(self.hparams.optimizer)
-        optimizer = get_class(opt_spec.pop("_target_"))(self.parameters(), **{k: v for k, v in opt_spec.items() if not k.startswith("_")})
+        optimizer = build_optimizer(self.hparams.optimizer, self.parameters(), "the optimizer config")
         spec = dict(self.hparams.scheduler or {})
         if not spec.get("_target_"):
             return optimizer
         interval = spec.pop("interval", "epoch")
         monitor = spec.pop("monitor", None)
-        scheduler = get_class(spec.pop("_target_"))(optimizer, **{k: v for k, v in spec.items() if not k.startswith("_")})
+        scheduler = build_scheduler(spec, optimizer, "the scheduler config")
         config = {"scheduler": scheduler, "interval": interval, "frequency": 1}
         if monitor:
             config["monitor"] = monitor

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from segkit import rundir
 from segkit.data import SegDataModule
 from segkit.errors import SegkitError
 
@@ -23,13 +23,10 @@ def _now() -> str:
 def write_status(output_dir: Path, status: str, **fields: Any) -> None:
     """``status.json`` of a run: running / completed / failed (with a one-sentence reason). A run killed
     outright (SIGKILL, power loss) stays ``running``; ``segkit.summarize`` shows it as such."""
-    path = Path(output_dir) / "status.json"
-    record = json.loads(path.read_text()) if path.is_file() else {}
+    run = rundir.RunDir(Path(output_dir))
+    record = json.loads(run.status.read_text()) if run.status.is_file() else {}
     record.update({"status": status, **fields})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".status.json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    rundir.write_json(run.status, record)
 
 
 def failure_reason(err: BaseException) -> str:
@@ -56,4 +53,4 @@ def write_run_config(cfg: DictConfig, output_dir: Path, dm: SegDataModule) -> No
     if plain["data"].get("cache_dir"):
         plain["data"]["cache_dir"] = str(Path(plain["data"]["cache_dir"]).resolve())
     output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(plain), output_dir / "run_config.yaml")
+    OmegaConf.save(OmegaConf.create(plain), rundir.RunDir(output_dir).run_config)

@@ -8,8 +8,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_info
 
+from segkit import rundir
 from segkit.errors import SegkitError
-from segkit.training.checkpointing import load_checkpoint_dict
+from segkit.inference.load import read_checkpoint
+from segkit.registry import check_config_targets, check_hyper_parameters
 
 
 def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str) -> str | None:
@@ -17,7 +19,7 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str) -> st
     if ckpt_path is None:
         return None
     if str(ckpt_path) == "last":
-        found = sorted(Path(log_dir, task_name, "runs").glob("*/checkpoints/last.ckpt"))
+        found = sorted(Path(log_dir, task_name, "runs").glob(f"*/{rundir.CHECKPOINTS}/{rundir.LAST_CKPT}"))
         if not found:
             raise SegkitError(f"ckpt_path=last found no checkpoints/last.ckpt under '{Path(log_dir, task_name, 'runs')}'; expected an earlier run there")
         return str(found[-1])
@@ -36,19 +38,24 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     directory, with its own config (``.hydra/config.yaml``), split and statistics; the same TensorBoard
     run gets the new points. Plain ``key=value`` overrides given now still apply (e.g. a larger
     ``trainer.max_epochs``); config groups cannot change. A checkpoint outside a run directory starts a
-    new run from those weights and optimizer state."""
+    new run from those weights and optimizer state.
+
+    Both files are data: the checkpoint's hyper-parameters and every ``_target_`` of the saved config must
+    name segkit's own classes (``segkit.registry``), or the resume is refused before anything is built."""
     ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name)
     if ckpt is None:
         return cfg
     ckpt_file = Path(ckpt).resolve()
-    run_dir = ckpt_file.parent.parent
-    saved = run_dir / ".hydra" / "config.yaml"
-    if ckpt_file.parent.name != "checkpoints" or not saved.is_file():
+    state = read_checkpoint(ckpt_file)
+    check_hyper_parameters(state.get("hyper_parameters"), ckpt_file)
+    run = rundir.run_of_checkpoint(ckpt_file)
+    if run is None or not run.hydra_config.is_file():
         with open_dict(cfg):
             cfg.ckpt_path = str(ckpt_file)
         return cfg
-    original = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml") if (run_dir / ".hydra" / "overrides.yaml").is_file() else []
-    resumed = OmegaConf.load(saved)
+    run_dir, saved = run.path, run.hydra_config
+    original = OmegaConf.load(run.hydra_overrides) if run.hydra_overrides.is_file() else []
+    resumed = OmegaConf.create(check_config_targets(OmegaConf.to_container(OmegaConf.load(saved), resolve=False), saved))
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     for override, parsed in zip(overrides, OverridesParser.create().parse_overrides(overrides), strict=True):
@@ -58,7 +65,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         if key.split("/")[0] in CONFIG_GROUPS and "." not in key:
             if override not in original:
                 raise SegkitError(
-                    f"'{override}': a resumed run keeps the config groups it was started with ({run_dir / '.hydra' / 'overrides.yaml'}); "
+                    f"'{override}': a resumed run keeps the config groups it was started with ({run.hydra_overrides}); "
                     "expected only key=value overrides such as trainer.max_epochs=60 next to ckpt_path"
                 )
             continue
@@ -66,8 +73,8 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     with open_dict(resumed):
         resumed.paths.output_dir = str(run_dir)
         resumed.ckpt_path = str(ckpt_file)
-        if resumed.data.get("split_file") is None and (run_dir / "splits.json").is_file():
-            resumed.data.split_file = str(run_dir / "splits.json")
-    epoch = load_checkpoint_dict(ckpt_file).get("epoch", -1) + 1
+        if resumed.data.get("split_file") is None and run.splits.is_file():
+            resumed.data.split_file = str(run.splits)
+    epoch = state.get("epoch", -1) + 1
     rank_zero_info(f"segkit: resuming run {run_dir} after epoch {epoch} from {ckpt_file.name} (its own config, split and TensorBoard run)")
     return resumed

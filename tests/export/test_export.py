@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
 import segkit
@@ -19,39 +18,16 @@ from segkit.errors import SegkitError
 from segkit.export import export, read_metadata
 from segkit.export.__main__ import run_export
 from segkit.training.module import SegModule
+from tests.conftest import CKPT_CLASSES as CLASSES
+from tests.conftest import CKPT_MEAN as MEAN
+from tests.conftest import CKPT_STD as STD
 from tests.conftest import REPO, cli_env, compose_cfg
+from tests.conftest import tiny_checkpoint as _tiny_checkpoint
 
-CLASSES = ["background", "cell", "edge"]
-MEAN, STD = [0.40, 0.50, 0.60], [0.20, 0.25, 0.30]
-MODELS = {
-    "unet": {"_target_": "segkit.models.UNet", "depth": 3, "base_width": 4},
-    "segnet": {"_target_": "segkit.models.SegNet", "depth": 3, "base_width": 4},  # max-unpooling by indices
-    "fcn": {"_target_": "segkit.models.FCN", "base_width": 4},
-    "patchcnn": {"_target_": "segkit.models.PatchCNN", "widths": [4, 4, 4], "hidden": 8},  # stride 1, own reflect padding
-    "smp": {"_target_": "segkit.models.SMPModel", "arch": "FPN", "encoder": "resnet18", "encoder_weights": None},
-}
 # batch 2 and 1; not multiples of 8/32; 3 x 13 is smaller than the padding to 8 (replicate, not reflect)
 SIZES = [(2, 3, 37, 53), (1, 3, 3, 13), (1, 3, 64, 40)]
 
 
-def _tiny_checkpoint(path: Path, name: str) -> Path:
-    """A SegModule with random (perturbed) weights and BatchNorm statistics, saved by a Lightning trainer."""
-    torch.manual_seed(len(name))
-    module = SegModule(model={**MODELS[name], "in_channels": 3, "num_classes": len(CLASSES)}, loss={"name": "ce"},
-                       optimizer={"_target_": "torch.optim.Adam"}, class_names=CLASSES, norm_mean=MEAN, norm_std=STD)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="cpu", devices=1)
-    trainer.strategy.connect(module)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,50 @@
+"""``SegModule``: trains a ``SegNetwork`` built from registry names; checkpoints of segkit 0.1 (network under
+``net.``) resume under today's keys (``network.net.``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from segkit.errors import SegkitError
+from segkit.inference.load import read_checkpoint
+from segkit.training.fit import train
+from segkit.training.module import SegModule, network_state_keys_to_module
+from tests.conftest import TINY_DATA, compose_cfg
+
+OLD_CKPT = Path(__file__).resolve().parent.parent / "fixtures" / "segkit_0_1_unet.ckpt"
+
+
+def test_state_keys_of_both_formats_map_to_todays():
+    w = torch.zeros(1)
+    assert network_state_keys_to_module({"net.a": w, "criterion.weight": w}) == {"network.net.a": w, "criterion.weight": w}
+    today = {"network.net.a": w}
+    assert network_state_keys_to_module(today) is today
+
+
+def test_a_foreign_model_or_optimizer_in_the_module_config_is_refused():
+    common = {"loss": {"name": "ce"}, "class_names": ["a", "b"]}
+    with pytest.raises(SegkitError, match=r"names model\._target_='numpy\.savetxt', which is not one of segkit's own model classes"):
+        SegModule(model={"_target_": "numpy.savetxt", "fname": "x"}, optimizer={"_target_": "torch.optim.Adam"}, **common)
+    module = SegModule(model={"name": "unet", "in_channels": 1, "num_classes": 2, "depth": 2, "base_width": 2},
+                       optimizer={"_target_": "os.system", "_partial_": True}, **common)
+    with pytest.raises(SegkitError, match=r"names optimizer\._target_='os\.system'"):
+        module.configure_optimizers()
+
+
+def test_a_checkpoint_of_the_previous_release_resumes(tmp_path):
+    """segkit 0.1's checkpoint (U-Net base 2 depth 2, AdamW, step schedule, one epoch on the synthetic set)
+    continues for a second epoch: Lightning restores weights, optimizer, scheduler and loop state."""
+    cfg = compose_cfg(tmp_path, TINY_DATA + ["model=unet", "model.base_width=2", "model.depth=2", "scheduler=step",
+                                             "trainer.max_epochs=2", f"ckpt_path={OLD_CKPT}", "test=false"])
+    before = read_checkpoint(OLD_CKPT)
+    assert before["epoch"] == 0 and any(k.startswith("net.") for k in before["state_dict"])
+    train(cfg)
+    status = json.loads((Path(cfg.paths.output_dir) / "status.json").read_text())
+    assert status["status"] == "completed" and status["epochs_trained"] == 2
+    after = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert after["epoch"] == 1 and after["global_step"] == 2 * before["global_step"]
+    assert all(k.startswith("network.net.") for k in after["state_dict"] if "net." in k)
