@@ -1,19 +1,8 @@
 """Paired comparison of two runs on the same images: ``python -m segkit.compare <runA> <runB> [--split auto|val|test]
 [--metric miou|iou/<class>|dice/<class>|pixel_acc] [--n-boot 10000] [--seed 0] [--out DIR]``.
 
-Each run's best checkpoint (``metrics.json``'s ``checkpoint``, else ``checkpoints/best.ckpt``) labels the images of
-the split named in the run's ``splits.json`` (``auto``: test when the runs have one, else val); both runs must
-list the same images. Prediction and scoring are ``segkit.eval``'s (``evaluate``, ``label_function``: one forward
-pass or sliding window, argmax, no TTA or post-processing), one confusion matrix per image.
-
-Per-image metric: ``miou`` (default) is the mean IoU over the classes present in the image's truth or
-prediction; ``iou/<class>`` / ``dice/<class>`` are undefined on an image where the class is absent from both the
-truth and the run's prediction, and an image counts only where the score is defined for both runs.
-
-Statistics on the paired differences d = B - A: the mean, a percentile bootstrap 95 % CI of the mean
-(images resampled with replacement, seeded) and the two-sided Wilcoxon signed-rank test (zero differences
-dropped; exact null distribution for up to 50 non-zero differences without ties, else the normal approximation).
-Writes ``compare.csv`` (image, A, B, B-A) and ``compare.md``.
+What is compared and how: :mod:`segkit.evaluation.comparison` (prediction and per-image scores) and
+:mod:`segkit.evaluation.paired` (bootstrap CI, Wilcoxon test). Writes ``compare.csv`` and ``compare.md``.
 """
 
 from __future__ import annotations

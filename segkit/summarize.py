@@ -1,21 +1,7 @@
 """Leaderboard of training runs: ``python -m segkit.summarize <dir> [<dir> ...] [--metric val/miou] [--out DIR]``.
 
-Each ``<dir>`` may be a sweep dir (``outputs/train/multiruns/<stamp>``), a runs dir (``outputs/train/runs``)
-or one run dir. Every run dir below it (a folder holding ``status.json``, ``metrics.json`` or
-``.hydra/overrides.yaml``) becomes one row. Writes into ``--out`` (default: the first dir):
-
-- ``leaderboard.md`` / ``leaderboard.csv``: one row per run, best first by ``--metric`` (higher is better,
-  lower for a ``loss`` metric; runs without the metric next, failed runs last), the swept overrides (those
-  that differ between runs; the CSV also has all of them), per-class validation IoU, mIoU/mDice/pixel
-  accuracy, test mIoU, best epoch, epochs, wall time;
-- a seed summary (in the Markdown, and ``seed_summary.csv``) when runs whose overrides are identical apart
-  from ``seed=`` form a group of two or more: n, mean and sample standard deviation (ddof=1) of every val/test
-  metric;
-- ``metric_vs_<param>.png`` for each swept parameter.
-
-Run status comes from the run's ``status.json`` (completed, failed with its reason, interrupted; ``running`` is
-shown as ``running/killed``: a killed process never updates it); without it a run with ``metrics.json`` counts as
-completed (older runs), else ``unknown``.
+Each ``<dir>`` may be a sweep dir, a runs dir or one run dir; what is written (leaderboard.md / .csv, seed summary,
+plots) and how runs are ranked: :mod:`segkit.evaluation.leaderboard`.
 """
 
 from __future__ import annotations

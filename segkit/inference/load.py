@@ -57,8 +57,7 @@ def load_network(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     spec = dict(hp["model"])
     net = build_network(spec, path)
     network = SegNetwork(net, hp["class_names"], hp.get("norm_mean"), hp.get("norm_std"),
-                         channels_last=bool(hp.get("channels_last", True)), model_spec=spec,
-                         ignore_index=int(hp.get("ignore_index", 255)))
+                         channels_last=bool(hp.get("channels_last", True)), model_spec=spec)
     weights = network_state_dict(state.get("state_dict") or {})
     try:
         network.load_state_dict(weights)

@@ -127,7 +127,6 @@ class SegNetwork(nn.Module):
         channels_last: bool = False,
         traceable: bool = False,
         model_spec: Mapping[str, Any] | None = None,
-        ignore_index: int = 255,
     ) -> None:
         super().__init__()
         self.net = net
@@ -137,7 +136,6 @@ class SegNetwork(nn.Module):
         self.channels_last = channels_last
         self.traceable = traceable
         self.model_spec = dict(model_spec or {})
-        self.ignore_index = ignore_index
         channels = len(norm_mean) if norm_mean is not None else int(getattr(net, "in_channels", 1) or 1)
         mean = torch.tensor(list(norm_mean) if norm_mean is not None else [0.0] * channels, dtype=torch.float32)
         std = torch.tensor(list(norm_std) if norm_std is not None else [1.0] * channels, dtype=torch.float32)

@@ -85,7 +85,7 @@ class SegModule(pl.LightningModule):
             compile_in_place(net)
         #: the network with its normalisation, stride padding and crop: what inference loads back
         self.network = SegNetwork(net, self.class_names, norm_mean, norm_std, channels_last=channels_last,
-                                  model_spec=model, ignore_index=ignore_index)
+                                  model_spec=model)
         loss_spec = check_loss_spec(loss, "the loss config")
         self.criterion = build_loss(
             num_classes=self.num_classes, ignore_index=ignore_index, class_weights=class_weights, **loss_spec
