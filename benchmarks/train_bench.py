@@ -138,8 +138,7 @@ def framework_cost(rounds: int, steps: int, size: int = SIZE, tmp: Path | None =
     loops = {}
     for i, (name, extra) in enumerate(variants.items()):
         loop = SegkitLoop(tmp / f"free{i}", "unet", loader, steps, extra)
-        loop.module.net = FreeNet().to(memory_format=torch.channels_last)
-        loop.module.stride = 1
+        loop.module.net = FreeNet().to(memory_format=torch.channels_last)  # its stride (1) comes with it
         loops[name] = loop
     mean, std = data_stub().norm_mean_std
     first = next(iter(loops.values())).module

@@ -19,7 +19,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from segkit.evaluation.metrics import ConfusionMatrix, flat_scores
-from segkit.models.network import SegNetwork, build_network
+from segkit.models.network import SegNetwork, build_network, output_stride
 from segkit.registry import build_optimizer, build_scheduler, check_loss_spec
 from segkit.training.losses import build_loss
 
@@ -112,6 +112,7 @@ class SegModule(pl.LightningModule):
     @net.setter
     def net(self, value: nn.Module) -> None:
         self.network.net = value
+        self.network.stride = output_stride(value)
 
     @property
     def stride(self) -> int:

@@ -48,3 +48,14 @@ def test_a_checkpoint_of_the_previous_release_resumes(tmp_path):
     after = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
     assert after["epoch"] == 1 and after["global_step"] == 2 * before["global_step"]
     assert all(k.startswith("network.net.") for k in after["state_dict"] if "net." in k)
+
+
+def test_swapping_the_network_takes_its_stride_along():
+    module = SegModule(model={"name": "unet", "in_channels": 3, "num_classes": 2, "depth": 2, "base_width": 2},
+                       optimizer={"_target_": "torch.optim.Adam"}, loss={"name": "ce"}, class_names=["a", "b"])
+    assert module.stride == 4
+    patch = torch.nn.Conv2d(3, 2, 1)
+    patch.output_stride = 1
+    module.net = patch
+    assert module.network.net is patch and module.stride == 1
+    assert module(torch.zeros(1, 3, 5, 7, dtype=torch.uint8)).shape == (1, 2, 5, 7)
