@@ -109,10 +109,14 @@ class SegModule(pl.LightningModule):
         """The bare network (``[N, C, H, W]`` normalised, stride-sized input -> logits)."""
         return self.network.net
 
-    @net.setter
-    def net(self, value: nn.Module) -> None:
-        self.network.net = value
-        self.network.stride = output_stride(value)
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``module.net = other`` swaps the network inside ``SegNetwork`` (with its stride); nn.Module's own
+        # __setattr__ would register a second, unused ``net`` instead of calling a property setter
+        if name == "net" and "network" in self.__dict__.get("_modules", {}):
+            self.network.net = value
+            self.network.stride = output_stride(value)
+            return
+        super().__setattr__(name, value)
 
     @property
     def stride(self) -> int:
