@@ -136,7 +136,7 @@ class SegNetwork(nn.Module):
         self.channels_last = channels_last
         self.traceable = traceable
         self.model_spec = dict(model_spec or {})
-        channels = len(norm_mean) if norm_mean is not None else int(getattr(net, "in_channels", 1) or 1)
+        channels = len(norm_mean) if norm_mean is not None else 1  # no statistics: identity normalisation of one channel
         mean = torch.tensor(list(norm_mean) if norm_mean is not None else [0.0] * channels, dtype=torch.float32)
         std = torch.tensor(list(norm_std) if norm_std is not None else [1.0] * channels, dtype=torch.float32)
         self.register_buffer("norm_mean", mean.view(1, -1, 1, 1), persistent=False)
