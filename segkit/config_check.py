@@ -191,6 +191,7 @@ RULES: list[tuple[str, Check, str]] = [
     ("tta.rot90", boolean, "true or false"),
     ("save_probabilities", boolean, "true or false"),
     ("pixel_size", or_null(positive), "null or a positive number of micrometres per pixel such as 0.65"),
+    ("objects.exclude_border", boolean, "true or false"),
     ("em_scores", one_of("auto", True, False), "auto, true or false"),
     ("em_thresholds", list_of(probability, non_empty=True), "a non-empty list of probabilities in [0, 1] such as [0.5]"),
     ("em_connectivity", one_of(4, 8), "4 or 8"),

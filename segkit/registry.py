@@ -52,13 +52,18 @@ CALLBACKS = (
     "segkit.training.callbacks.ConfusionMatrixFigure",
     "segkit.training.callbacks.ValidationPanel",
     "segkit.training.callbacks.StopOnNonFiniteLoss",
+    "segkit.training.progress.RunLog",
+    "segkit.training.progress.RichProgressBar",
+    "segkit.training.progress.TQDMProgressBar",
     "pytorch_lightning.callbacks.LearningRateMonitor",
     "pytorch_lightning.callbacks.RichProgressBar",
     "pytorch_lightning.callbacks.TQDMProgressBar",
     "pytorch_lightning.callbacks.EarlyStopping",
     "pytorch_lightning.callbacks.ModelCheckpoint",
 )
-LOGGERS = ("pytorch_lightning.loggers.TensorBoardLogger", "pytorch_lightning.loggers.CSVLogger")
+LOGGERS = ("segkit.training.loggers.TensorBoardLogger", "pytorch_lightning.loggers.TensorBoardLogger", "pytorch_lightning.loggers.CSVLogger",
+           "pytorch_lightning.loggers.WandbLogger", "pytorch_lightning.loggers.MLFlowLogger",
+           "segkit.training.tracking.SegkitMLFlowLogger")
 TRAINERS = ("pytorch_lightning.Trainer",)
 SEGKIT_SCHEDULERS = ("segkit.training.schedulers.ExponentialDecayLR",)
 

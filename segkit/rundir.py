@@ -8,7 +8,8 @@ A training run (``outputs/<task>/runs/<date_time.microseconds>/``)::
     splits.json         the image stems of each split      data_stats.json   train-split statistics
     status.json         running / completed / failed / interrupted, with the reason
     metrics.json        {"schema_version": 1, "kind": "train", "metrics": {...}, ...}
-    tensorboard/        the TensorBoard run             train.log          Hydra's job log
+    tensorboard/<overrides>/   the TensorBoard run, named by its overrides (and best_checkpoint/: final scores)
+    progress.png        curves rewritten every validation   train.log   one line per epoch, per-class tables
 
 ``segkit.eval`` writes its own folder with ``metrics.json`` of ``kind`` ``eval``. Everything that reads a run
 (resume, eval, predict, compare, summarize) goes through this module. Files read back are data: configs
@@ -37,6 +38,7 @@ DATA_STATS = "data_stats.json"
 STATUS = "status.json"
 METRICS = "metrics.json"
 TENSORBOARD = "tensorboard"
+PROGRESS_PNG = "progress.png"
 
 #: metrics.json: version of its layout, and the kinds of run that write one
 METRICS_SCHEMA_VERSION = 1
@@ -98,6 +100,14 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD
+
+    @property
+    def progress_png(self) -> Path:
+        return self.path / PROGRESS_PNG
+
+    def log_file(self, task: str = "train") -> Path:
+        """The command's log (``train.log``, ``eval.log``, ...): what it printed, with time stamps."""
+        return self.path / f"{task}.log"
 
     def in_sweep(self) -> bool:
         """A trial of a Hydra multirun: its parent, the sweep dir, holds Hydra's ``multirun.yaml``."""

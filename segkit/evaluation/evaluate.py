@@ -22,6 +22,7 @@ from segkit.evaluation.metrics import confusion_matrix, scores
 from segkit.evaluation.report import PER_CLASS, _fmt, write_outputs
 from segkit.inference.load import load_network, resolve_device
 from segkit.inference.predictor import label_function
+from segkit.logs import say
 from segkit.registry import check_config_targets
 
 
@@ -164,7 +165,9 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     if dm.object_classes:
         from segkit.evaluation.object_report import object_report
 
-        objects = object_report(result["predictions"], masks, stems, list(dm.class_names), dm.object_classes, dm.edge_class, out)
+        objects = object_report(result["predictions"], masks, stems, list(dm.class_names), dm.object_classes, dm.edge_class, out,
+                                pixel_size=cfg.get("pixel_size"),
+                                exclude_border=bool((cfg.get("objects") or {}).get("exclude_border", True)))
     em = None
     if membrane is not None:
         em = em_report(membrane_probs, masks, stems, membrane, em_thresholds, split, out,
@@ -172,11 +175,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     report = write_outputs(out, result, list(dm.class_names), meta, images, masks, stems, int(cfg.worst_k), objects, em)
     p = result["pooled"]
     per_class = ", ".join(f"{c} {_fmt(p[f'iou/{c}'])}" for c in dm.class_names)
-    print(f"{split} ({len(stems)} images), pooled: mIoU {_fmt(p['miou'])}  mDice {_fmt(p['mdice'])}  IoU per class: {per_class}")
+    say(f"{split} ({len(stems)} images), pooled: mIoU {_fmt(p['miou'])}  mDice {_fmt(p['mdice'])}  IoU per class: {per_class}")
     m = result["mean_over_images"]
-    print(f"mean over images: mIoU {_fmt(m['miou'])}  mDice {_fmt(m['mdice'])}")
+    say(f"mean over images: mIoU {_fmt(m['miou'])}  mDice {_fmt(m['mdice'])}")
     for row in (em or {}).get("mean_over_slices_rows", []):
-        print(f"EM scores (mean over slices) at threshold {row['threshold']:g}: pixel error {_fmt(row['pixel_error'])}  "
+        say(f"EM scores (mean over slices) at threshold {row['threshold']:g}: pixel error {_fmt(row['pixel_error'])}  "
               f"V_rand {_fmt(row['v_rand'])}  V_info {_fmt(row['v_info'])}")
-    print(f"Report: {report}", flush=True)
+    say(f"Report: {report}")
     return {**result, "em": em, "report": report, "output_dir": out}

@@ -1,5 +1,7 @@
-"""The PNGs of an evaluation report (matplotlib, headless): confusion matrix, per-class bars, training
-curves read back from the run's TensorBoard or CSV logs, and worst-image overlays with a class legend."""
+"""The figures of an evaluation report (matplotlib, headless), each written as a PNG and as an SVG beside it
+(same stem): confusion matrix, per-class bars, training curves read back from the run's TensorBoard or CSV
+logs, and worst-image overlays whose error panel shows false positives and false negatives in two colours
+no class uses (:func:`segkit.inference.overlay.error_colors`), with a class and error legend."""
 
 from __future__ import annotations
 
@@ -16,7 +18,49 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from segkit.inference.overlay import PALETTE, colorize, overlay  # noqa: E402
+from segkit.inference.overlay import (  # noqa: E402
+    PALETTE,
+    colorize,
+    error_colors,
+    error_legend,
+    error_map,
+    error_overlay,
+    overlay,
+)
+
+_COLOUR_NAMES = {(255, 255, 255): "white", (255, 128, 0): "orange", (140, 70, 20): "brown", (120, 0, 255): "violet"}
+
+
+def save_figure(fig: plt.Figure, path: Path, **kwargs) -> Path:
+    """``fig`` as ``path`` (a PNG) and as an SVG beside it (same stem); closes the figure, returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, **kwargs)
+    fig.savefig(path.with_suffix(".svg"), format="svg")
+    plt.close(fig)
+    return path
+
+
+def colour_name(rgb: np.ndarray) -> str:
+    """A word for one of the error colours (``#rrggbb`` for any other colour)."""
+    key = tuple(int(v) for v in np.asarray(rgb).tolist())
+    return _COLOUR_NAMES.get(key, "#{:02x}{:02x}{:02x}".format(*key))
+
+
+def error_colour_names(num_classes: int) -> tuple[str, str]:
+    """(false-positive colour, false-negative colour) as words, for the report text."""
+    fp, fn = error_colors(num_classes)
+    return colour_name(fp), colour_name(fn)
+
+
+def error_shares(mask: np.ndarray, pred: np.ndarray, ignore_index: int = 255) -> tuple[float, float]:
+    """(false positives, false negatives) in % of the labelled pixels (truth != ``ignore_index``), as in
+    :func:`segkit.inference.overlay.error_map`; NaN when no pixel is labelled."""
+    err = error_map(mask, pred, ignore_index)
+    labelled = int(np.sum(np.asarray(mask) != ignore_index))
+    if not labelled:
+        return math.nan, math.nan
+    return 100.0 * int(np.sum(err == 1)) / labelled, 100.0 * int(np.sum(err == 2)) / labelled
 
 
 def confusion_figure(cm: np.ndarray, class_names: list[str], title: str = "") -> plt.Figure:
@@ -33,9 +77,9 @@ def confusion_figure(cm: np.ndarray, class_names: list[str], title: str = "") ->
     ax.set_ylabel("true")
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{norm[i, j]:.2f}\n{int(cm[i, j])}", ha="center", va="center", fontsize=8,
+            ax.text(j, i, f"{norm[i, j]:.2f}\n{int(cm[i, j])} px", ha="center", va="center", fontsize=8,
                     color="white" if norm[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class's pixels (0-1)")
     ax.set_title(title or "confusion matrix (row-normalised, pooled pixels)")
     fig.tight_layout()
     return fig
@@ -43,9 +87,7 @@ def confusion_figure(cm: np.ndarray, class_names: list[str], title: str = "") ->
 
 def confusion_png(cm: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
     fig = confusion_figure(cm, list(class_names), "confusion matrix (pooled pixels; colour = share of the true class)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def class_bar_png(pooled: dict, mean: dict, class_names: Sequence[str], path: Path) -> Path:
@@ -64,14 +106,12 @@ def class_bar_png(pooled: dict, mean: dict, class_names: Sequence[str], path: Pa
                     ha="center", va="bottom", fontsize=7, rotation=90)
     ax.set_xticks(range(n), class_names)
     ax.set_ylim(0, 1.15)
-    ax.set_ylabel("score")
+    ax.set_ylabel("score (0-1, 1 = perfect)")
     ax.set_title("per-class scores")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def read_curves(run_dir: str | Path | None) -> dict[str, list[tuple[int, float]]]:
@@ -120,33 +160,47 @@ def curves_png(run_dir: str | Path | None, path: Path) -> Path | None:
         best = max(curves["val/miou"], key=lambda p: p[1])
         axes[1].annotate(f"best {best[1]:.3f}", best, textcoords="offset points", xytext=(-30, -15), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def worst_overlay_png(image: np.ndarray, mask: np.ndarray, pred: np.ndarray, class_names: Sequence[str], path: Path, title: str,
-                      max_width: int = 1600) -> Path:
-    """input | truth | prediction overlay | error map (red: wrong, grey: ignored), with a class legend."""
+                      max_width: int = 1600, ignore_index: int = 255) -> Path:
+    """:func:`worst_overlay_figure` written as ``path`` (PNG) and an SVG beside it; returns ``path``."""
+    return save_figure(worst_overlay_figure(image, mask, pred, class_names, title, max_width, ignore_index), path)
+
+
+def worst_overlay_figure(image: np.ndarray, mask: np.ndarray, pred: np.ndarray, class_names: Sequence[str], title: str,
+                         max_width: int = 1600, ignore_index: int = 255) -> plt.Figure:
+    """input | truth | prediction overlay | error map, with a class legend and an error legend.
+
+    The error panel (:func:`segkit.inference.overlay.error_overlay`) dims the input and paints false
+    positives (truth background, predicted a class) and false negatives (a true class predicted otherwise)
+    in the two colours of :func:`segkit.inference.overlay.error_colors`, which no class uses; ignored pixels
+    grey. Its title gives both shares in % of the labelled pixels."""
     img = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
-    wrong = (pred != mask) & (mask != 255)
-    err = (img.astype(np.float32) * 0.35).astype(np.uint8)
-    err[wrong] = (255, 30, 30)
-    err[mask == 255] = (128, 128, 128)
+    n = len(class_names)
+    err = error_overlay(img, mask, pred, n, ignore_index)
+    fp_share, fn_share = error_shares(mask, pred, ignore_index)
     panels = [img, colorize(mask), overlay(img, pred), err]
-    titles = ["input", "truth", "prediction", f"errors ({wrong.mean() * 100:.1f} % of pixels)"]
+    titles = ["input", "truth", "prediction", f"errors: FP {fp_share:.1f} %, FN {fn_share:.1f} %\n(of labelled pixels)"]
     h, w = mask.shape
-    scale = min(1.0, max_width / (4 * w))
-    fig, axes = plt.subplots(1, 4, figsize=(max(8.0, 4 * w * scale / 100), max(2.5, h * scale / 100 + 0.9)), dpi=100)
+    fig_w = max(9.0, 4 * w * min(1.0, max_width / (4 * w)) / 100)
+    panel_w = fig_w * 0.98 / 4.15  # four panels, small gaps
+    top_in, bottom_in = 0.8, 0.85  # suptitle + two-line panel titles; two legend rows
+    fig_h = panel_w * h / w + top_in + bottom_in
+    fig, axes = plt.subplots(1, 4, figsize=(fig_w, fig_h), dpi=100)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=bottom_in / fig_h, top=1 - top_in / fig_h, wspace=0.05)
     for ax, p, t in zip(axes, panels, titles, strict=True):
         ax.imshow(p, interpolation="nearest")
         ax.set_title(t, fontsize=9)
         ax.axis("off")
-    handles = [Patch(color=PALETTE[i % len(PALETTE)] / 255.0, label=f"{i} {n}") for i, n in enumerate(class_names)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    classes = [Patch(facecolor=PALETTE[i % len(PALETTE)] / 255.0, edgecolor="0.5", label=f"{i} {c}") for i, c in enumerate(class_names)]
+    errors = [Patch(facecolor=rgb / 255.0, edgecolor="black", label=label) for label, rgb in error_legend(n)]
+    if np.any(np.asarray(mask) == ignore_index):
+        errors.append(Patch(facecolor=(0.5, 0.5, 0.5), edgecolor="black", label="not labelled (ignored)"))
+    fig.legend(handles=classes, loc="lower center", bbox_to_anchor=(0.5, 0.3 / fig_h), ncol=len(classes), fontsize=8,
+               frameon=False, title="classes (truth and prediction panels)", title_fontsize=8)
+    fig.legend(handles=errors, loc="lower center", bbox_to_anchor=(0.5, 0.02 / fig_h), ncol=len(errors), fontsize=8,
+               frameon=False)
+    fig.suptitle(title, fontsize=10, y=1 - 0.08 / fig_h, va="top")
+    return fig

@@ -57,6 +57,7 @@ OBJECT_COLUMNS = (
     "minor_axis",
     "eccentricity",
     "solidity",
+    "touches_border",
 )
 UM_COLUMNS = ("area_um2", "perimeter_um", "major_axis_um", "minor_axis_um")
 
@@ -184,7 +185,8 @@ def object_table(
     4-connected boundary with diagonal steps weighted by √2), ``centroid_y``/``centroid_x`` (row and
     column of the pixel centres' mean, pixel (0, 0) at 0), ``major_axis``/``minor_axis`` (lengths of
     the axes of the ellipse with the same second moments), ``eccentricity`` (0 circle, 1 line) and
-    ``solidity`` (area / convex-hull area). With ``pixel_size`` (micrometres per pixel)
+    ``solidity`` (area / convex-hull area) and ``touches_border`` (``True`` when a pixel of the object lies
+    in the first or last row or column: the image cuts it, so its size is a lower bound). With ``pixel_size`` (micrometres per pixel)
     :data:`UM_COLUMNS` follow: ``area_um2``, ``perimeter_um``, ``major_axis_um``, ``minor_axis_um``.
     Rows come in increasing id order.
     """
@@ -201,7 +203,9 @@ def object_table(
             )
 
     rows: list[dict[str, Any]] = []
+    height, width = inst.shape
     for p in regionprops(inst.astype(np.int32, copy=False)):
+        r0, c0, r1, c1 = p.bbox  # r1, c1 exclusive
         row: dict[str, Any] = {
             "image": image,
             "id": int(p.label),
@@ -214,6 +218,7 @@ def object_table(
             "minor_axis": float(p.axis_minor_length),
             "eccentricity": float(p.eccentricity),
             "solidity": float(p.solidity),
+            "touches_border": bool(r0 == 0 or c0 == 0 or r1 == height or c1 == width),
         }
         if pixel_size is not None:
             row["area_um2"] = row["area"] * pixel_size**2
@@ -445,7 +450,8 @@ def size_histogram_png(
     title: str,
     xlabel: str = "area (px)",
 ) -> Path:
-    """Overlaid step histograms of several size samples on shared bins, written as a PNG.
+    """Overlaid step histograms of several size samples on shared bins, written as a PNG (as an SVG
+    when ``path`` ends in ``.svg``).
 
     The legend gives each group's ``n`` and median; with exactly two groups the two-sample KS
     statistic and p-value (:func:`size_distribution_test`) are written under the title. Empty groups
@@ -486,7 +492,7 @@ def size_histogram_png(
     if len(data) == 2:
         ks = size_distribution_test(*data.values())
         subtitle = (
-            f"\ntwo-sample KS: D = {ks['statistic']:.3f}, p = {ks['pvalue']:.3g}"
+            f"\ntwo-sample KS: distance D = {ks['statistic']:.3f} (0-1), p-value = {ks['pvalue']:.3g}"
             if ks["reason"] is None
             else "\ntwo-sample KS: not run (a group is empty)"
         )
@@ -502,7 +508,7 @@ def size_histogram_png(
     ax.grid(alpha=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="svg" if path.suffix.lower() == ".svg" else "png")
     return path
 
 

@@ -1,4 +1,5 @@
-"""``eval_report.md`` and the files beside it: metrics.json, per_image.csv, confusion_matrix.csv and PNGs."""
+"""``eval_report.md`` and the files beside it: metrics.json, per_image.csv, confusion_matrix.csv and the figures
+(each a PNG, linked from the report, and an SVG of the same stem beside it)."""
 
 from __future__ import annotations
 
@@ -21,15 +22,41 @@ AGGREGATION_TEXT = (
 )
 
 
+SCORE_NAMES = {"miou": "mIoU (IoU averaged over classes)", "mdice": "mDice (Dice averaged over classes)",
+               "pixel_acc": "pixel accuracy (share of labelled pixels predicted right)"}
+
+SCORES_TEXT = ("All scores are fractions from 0 to 1 (1 = every pixel agrees with the truth). IoU of a class = pixels "
+               "in both truth and prediction / pixels in either; Dice = 2 x both / (truth + prediction); precision = "
+               "share of the pixels predicted as the class that are the class; recall = share of the class's pixels "
+               "predicted as it.")
+
+
 # ---------------------------------------------------------------------------------------------- report
 def _fmt(v: float) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
+def _pct(v: float) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{v:.1f} %"
+
+
+def _figure(alt: str, rel: Path | str) -> str:
+    """A Markdown image link to a PNG, naming the SVG beside it."""
+    rel = Path(rel)
+    return f"![{alt}]({rel.as_posix()}) (vector copy: `{rel.with_suffix('.svg').as_posix()}`)"
+
+
 def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, images, masks, stems, worst_k: int,
                   objects: dict | None = None, em: dict | None = None) -> Path:
     """metrics.json, per_image.csv, confusion_matrix.csv, PNGs and eval_report.md; returns the report path."""
-    from segkit.evaluation.figures import class_bar_png, confusion_png, curves_png, worst_overlay_png
+    from segkit.evaluation.figures import (
+        class_bar_png,
+        confusion_png,
+        curves_png,
+        error_colour_names,
+        error_shares,
+        worst_overlay_png,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     pooled, mean = result["pooled"], result["mean_over_images"]
@@ -67,14 +94,17 @@ def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, i
     worst = []
     for rank, i in enumerate(order):
         path = out / "worst" / f"{rank + 1:02d}_{stems[i]}.png"
-        worst_overlay_png(images[i], masks[i], result["predictions"][i], class_names, path, f"{stems[i]}: mIoU {_fmt(rows[i]['miou'])}")
-        worst.append((stems[i], rows[i]["miou"], path.relative_to(out)))
+        worst_overlay_png(images[i], masks[i], result["predictions"][i], class_names, path, f"{stems[i]}: mIoU {_fmt(rows[i]['miou'])} (0-1)")
+        fp, fn = error_shares(masks[i], result["predictions"][i])
+        worst.append((stems[i], rows[i]["miou"], fp, fn, path.relative_to(out)))
+    fp_colour, fn_colour = error_colour_names(len(class_names))
 
     lines = [
         f"# Evaluation of `{meta['checkpoint']}`",
         "",
         f"Data: `{meta['data']['name']}` at `{meta['data']['root']}`, split **{meta['split']}** ({len(rows)} images, "
-        f"{int(cm.sum())} labelled pixels), from {meta['data_source']}. Device {meta['device']}, {meta['wall_time_s']:.1f} s.",
+        f"{int(cm.sum())} labelled pixels, i.e. pixels whose truth is not ignored), from {meta['data_source']}. "
+        f"Device {meta['device']}, {meta['wall_time_s']:.1f} s.",
         "",
         f"Prediction: {len(meta['checkpoints'])} checkpoint(s){' averaged in probability space' if len(meta['checkpoints']) > 1 else ''}; "
         f"test-time augmentation {meta['tta'] or 'none'}; post-processing: {meta['postprocess'] or 'none (argmax)'} "
@@ -84,7 +114,9 @@ def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, i
         "",
         "| metric | pooled over the dataset | mean over images |",
         "|---|---|---|",
-        *[f"| {k} | {_fmt(pooled[k])} | {_fmt(mean[k])} |" for k in ("miou", "mdice", "pixel_acc")],
+        *[f"| {SCORE_NAMES[k]} | {_fmt(pooled[k])} | {_fmt(mean[k])} |" for k in ("miou", "mdice", "pixel_acc")],
+        "",
+        SCORES_TEXT,
         "",
         "| class | " + " | ".join(f"{k} (pooled)" for k in PER_CLASS) + " | IoU (mean over images) |",
         "|---|" + "---|" * (len(PER_CLASS) + 1),
@@ -94,7 +126,10 @@ def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, i
         "",
         "## Confusion matrix (pooled pixel counts; colour = share of the true class)",
         "",
-        "![confusion matrix](confusion_matrix.png)",
+        "Each cell counts the pixels (px) of the row's true class predicted as the column's class; the diagonal is right, "
+        "everything else wrong.",
+        "",
+        _figure("confusion matrix", "confusion_matrix.png"),
         "",
         "| true \\ predicted | " + " | ".join(class_names) + " |",
         "|---|" + "---|" * len(class_names),
@@ -102,17 +137,22 @@ def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, i
         "",
         "## Per-class scores",
         "",
-        "![per-class scores](per_class.png)",
+        _figure("per-class scores", "per_class.png"),
         "",
         "## Training curves",
         "",
-        "![training curves](training_curves.png)" if curves else "No training logs found next to the checkpoint.",
+        _figure("training curves", "training_curves.png") if curves else "No training logs found next to the checkpoint.",
         "",
-        f"## The {len(worst)} images with the lowest mIoU (input | truth | prediction | errors in red)",
+        f"## The {len(worst)} images with the lowest mIoU (input | truth | prediction | errors)",
+        "",
+        f"Error panel: **{fp_colour}** = false positive (truth background, predicted a class), **{fn_colour}** = false "
+        "negative (a true class predicted as background or as another class), grey = not labelled; neither colour is "
+        "a class colour. Shares are in % of the image's labelled pixels.",
         "",
     ]
-    for stem, miou, rel in worst:
-        lines += [f"**{stem}**: mIoU {_fmt(miou)}", "", f"![{stem}]({rel})", ""]
+    for stem, miou, fp, fn, rel in worst:
+        lines += [f"**{stem}**: mIoU {_fmt(miou)}; false positives {_pct(fp)}, false negatives {_pct(fn)} of its labelled pixels",
+                  "", _figure(stem, rel), ""]
     if objects:
         lines += ["## Objects", "", objects.get("markdown", ""), ""]
     if em:

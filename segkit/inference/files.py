@@ -21,6 +21,7 @@ from segkit.errors import SegkitError
 from segkit.inference.load import load_network, resolve_device, run_data_config
 from segkit.inference.overlay import overlay
 from segkit.inference.predictor import make_predictor
+from segkit.logs import say
 
 
 def list_inputs(spec: str) -> list[Path]:
@@ -153,6 +154,6 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     summary = {"checkpoints": [str(p) for p in ckpts], "postprocess": post, "postprocess_source": post_source, "tta": tta,
                "inference": inference, "images": done, "wall_time_s": round(time.perf_counter() - started, 2)}
     (out / "predict.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{len(done)} images predicted with {len(ckpts)} checkpoint(s); post-processing: {post_source}", flush=True)
-    print(f"Output directory: {out}", flush=True)
+    say(f"{len(done)} images predicted with {len(ckpts)} checkpoint(s); post-processing: {post_source}")
+    say(f"Output directory: {out}")
     return {"output": out, "files": files, "summary": summary}

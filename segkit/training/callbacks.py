@@ -1,5 +1,5 @@
 """Callbacks that put pictures in TensorBoard: the confusion matrix and a fixed validation panel
-(input | ground truth | prediction overlay) each epoch."""
+(input | truth | prediction | errors) each validation, to every logger of the run."""
 
 from __future__ import annotations
 
@@ -10,27 +10,62 @@ matplotlib.use("Agg")  # headless: figures are rendered to TensorBoard, never sh
 import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 
 from segkit.evaluation.figures import confusion_figure  # noqa: E402
-from segkit.inference.overlay import colorize, overlay  # noqa: E402
+from segkit.inference.overlay import overlay  # noqa: E402
+from segkit.training.tracking import figure_to_loggers  # noqa: E402
 
 
-def panel_row(image: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
-    """``[H, 3W, 3]`` uint8: input | ground truth | prediction over the input."""
+def _rgb(image: torch.Tensor) -> np.ndarray:
     img = image.permute(1, 2, 0).numpy()
     if img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
-    img = img[..., :3]
-    return np.concatenate([img, colorize(mask.numpy()), overlay(img, pred.numpy())], axis=1)
+    return np.ascontiguousarray(img[..., :3])
 
 
-def _tensorboard(trainer: pl.Trainer):
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
+def panel_figure(samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], class_names: list[str], epoch: int,
+                 ignore_index: int = 255, max_width: int = 960):
+    """The validation panel as a figure: one row per image, columns input | truth | prediction | errors, truth
+    and prediction drawn the same way (class colours over the input), false positives and false negatives in
+    two colours no class uses, a legend with the data's class names. Images keep their own size: where a
+    row's image is narrower than the widest, the rest of its cell is left empty (grey), never filled
+    with black that would read as background."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from segkit.inference.overlay import PALETTE, error_legend, error_map, error_overlay
+
+    n = len(class_names)
+    widest = max(s[1].shape[-1] for s in samples)
+    heights = [s[1].shape[-2] for s in samples]
+    cell_w = min(3.0, max_width / 100 / 4)
+    scale = cell_w / widest
+    fig_h = sum(heights) * scale + 0.45 * len(samples) + 0.9
+    fig, axes = plt.subplots(len(samples), 4, figsize=(4 * cell_w + 0.3, fig_h), dpi=100, squeeze=False,
+                             gridspec_kw={"height_ratios": heights}, layout="constrained")
+    fig.patch.set_facecolor("0.82")  # padding is this grey: neither background-black nor false-positive white
+    titles = ("input", "truth", "prediction", "errors")
+    for r, (image, mask, pred) in enumerate(samples):
+        img, m, p = _rgb(image), mask.numpy(), pred.numpy()
+        err = error_map(m, p, ignore_index)
+        labelled = max(1, int((m != ignore_index).sum()))
+        cells = (img, overlay(img, np.where(m == ignore_index, 0, m)), overlay(img, p), error_overlay(img, m, p, n, ignore_index))
+        for c, cell in enumerate(cells):
+            ax = axes[r, c]
+            ax.imshow(cell, interpolation="nearest", extent=(0, cell.shape[1], cell.shape[0], 0))
+            ax.set_xlim(0, widest)  # a narrower image leaves its cell's right part empty (grey), not black
+            ax.set_ylim(cell.shape[0], 0)
+            ax.set_axis_off()
+            name = titles[c] if r == 0 else ""
+            if c == 3:
+                name = (name + "\n" if name else "") + (f"FP {100 * (err == 1).sum() / labelled:.1f} %, "
+                                                         f"FN {100 * (err == 2).sum() / labelled:.1f} %")
+            ax.set_title(name, fontsize=8)
+    handles = [Patch(color=PALETTE[i % len(PALETTE)] / 255.0, label=name) for i, name in enumerate(class_names) if i > 0]
+    handles += [Patch(facecolor=color / 255.0, edgecolor="0.5", label=label) for label, color in error_legend(n)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=7, frameon=False)
+    fig.suptitle(f"validation, epoch {epoch} ({class_names[0]}: no colour; % of labelled pixels)", fontsize=9)
+    return fig
 
 
 def _fitting(trainer: pl.Trainer) -> bool:
@@ -38,39 +73,35 @@ def _fitting(trainer: pl.Trainer) -> bool:
 
 
 class ConfusionMatrixFigure(pl.Callback):
-    """Adds ``val/confusion_matrix`` (row-normalised heatmap with counts) to TensorBoard each epoch."""
+    """Adds ``val/confusion_matrix`` (row-normalised heatmap with counts) to every logger each validation.
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        writer = _tensorboard(trainer)
+    Drawn in ``on_validation_end``: Lightning runs callbacks' ``on_validation_epoch_end`` before the module's,
+    where this epoch's matrix is computed."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         cm = getattr(pl_module, "last_confusion", {}).get("val")
-        if writer is None or cm is None or not _fitting(trainer):
+        if cm is None or not _fitting(trainer):
             return
-        fig = confusion_figure(cm.numpy(), pl_module.class_names, f"validation, epoch {trainer.current_epoch}")
-        writer.add_figure("val/confusion_matrix", fig, global_step=trainer.global_step, close=True)
+        epoch = trainer.current_epoch + 1
+        fig = confusion_figure(cm.numpy(), pl_module.class_names, f"validation, epoch {epoch}")
+        figure_to_loggers(trainer, "val/confusion_matrix", fig, epoch)
 
 
 class ValidationPanel(pl.Callback):
-    """Adds ``val/panel`` to TensorBoard each epoch: the same first validation images every time, one
-    row each, input | ground truth | prediction overlay, scaled to at most ``max_width`` pixels."""
+    """Adds ``val/panel`` to every logger each validation: the same first validation images every time,
+    input | truth | prediction | errors (:func:`panel_figure`), at most ``max_width`` pixels wide."""
 
     def __init__(self, max_width: int = 960) -> None:
         self.max_width = max_width
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        writer = _tensorboard(trainer)
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         panel = getattr(pl_module, "val_panel", {})
-        if writer is None or not panel or not _fitting(trainer):
+        if not panel or not _fitting(trainer):
             return
-        rows = []
-        for idx in sorted(panel):
-            row = torch.from_numpy(panel_row(*panel[idx])).permute(2, 0, 1).float()
-            scale = min(1.0, self.max_width / row.shape[-1])
-            if scale < 1.0:
-                row = F.interpolate(row[None], scale_factor=scale, mode="bilinear", antialias=True)[0]
-            rows.append(row.clamp(0, 255).byte())
-        width = max(r.shape[-1] for r in rows)
-        rows = [F.pad(r, (0, width - r.shape[-1], 0, 4)) for r in rows]
-        writer.add_image("val/panel", torch.cat(rows, dim=1), global_step=trainer.global_step, dataformats="CHW")
+        epoch = trainer.current_epoch + 1
+        samples = [panel[i] for i in sorted(panel)]
+        fig = panel_figure(samples, pl_module.class_names, epoch, getattr(pl_module, "ignore_index", 255), self.max_width)
+        figure_to_loggers(trainer, "val/panel", fig, epoch)
 
 
 class StopOnNonFiniteLoss(pl.Callback):

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.utilities import rank_zero_only
 
 from segkit import rundir
 from segkit.data import SegDataModule
@@ -22,10 +22,12 @@ from segkit.data.stats import class_weights as compute_class_weights
 from segkit.errors import SegkitError
 from segkit.evaluation.metrics import ABSENT_CLASS_POLICY, flat_scores
 from segkit.inference.load import read_checkpoint
+from segkit.logs import say
 from segkit.training.job import task_overrides
 from segkit.training.module import SegModule
 from segkit.training.records import _now, failure_reason, interruption, write_run_config, write_status
 from segkit.training.resume import resolve_ckpt_path
+from segkit.training.tracking import artifact_to_trackers, hparams_to_trackers
 from segkit.training.trainer import _plain, build_trainer
 
 # Lightning's advice to add DataLoader workers does not apply: images are decoded once into memory.
@@ -118,7 +120,7 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
     rank_zero_only(dm.write_records)(output_dir, {"class_weights": weights, "weight_method": cfg.loss.get("weight_method") if weights else None})
     rank_zero_only(write_run_config)(cfg, output_dir, dm)
     if weights is not None:
-        rank_zero_info(f"segkit: class weights {dict(zip(dm.class_names, [round(w, 4) for w in weights], strict=True))}")
+        rank_zero_only(say)(f"class weights {dict(zip(dm.class_names, [round(w, 4) for w in weights], strict=True))}")
 
     module = build_module(cfg, dm, weights)
     trainer = build_trainer(cfg, module)
@@ -151,41 +153,50 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_metrics(rundir.RunDir(output_dir).metrics, "train", summary)
-        log_hparams(trainer, cfg, summary["metrics"])
+        log_hparams(trainer, cfg, summary["metrics"], list(dm.class_names), summary["best_epoch"], best)
         _print_summary(metrics, dm.class_names, summary)
-        print(f"Run directory: {output_dir}", flush=True)
+        say(f"Run directory: {output_dir}")
     return metrics, {"datamodule": dm, "module": module, "trainer": trainer, "summary": summary}
 
 
 def hparam_summary(cfg: DictConfig) -> dict[str, Any]:
-    """The run's hyper-parameters as flat primitives for TensorBoard's HParams tab: the main choices
-    plus every key the command line set."""
+    """The run's hyper-parameters as flat primitives for the HParams tab, in the order a user sweeps them:
+    model, loss, lr, seed, then every key the command line set, then the other main choices."""
     def short(node: Any) -> str | None:
         target = node.get("_target_") if isinstance(node, DictConfig) else None
         return str(target).rsplit(".", 1)[-1] if target else None
 
     out: dict[str, Any] = {
-        "lr": cfg.get("lr"), "seed": cfg.get("seed"), "model": short(cfg.model), "loss": cfg.loss.get("name") or short(cfg.loss),
-        "optimizer": short(cfg.optimizer), "scheduler": short(cfg.get("scheduler")) or "none", "data": cfg.data.get("name"),
-        "crop_size": cfg.data.get("crop_size"), "batch_size": cfg.data.get("batch_size"), "max_epochs": cfg.trainer.get("max_epochs"),
+        "model": cfg.model.get("name") or short(cfg.model), "loss": cfg.loss.get("name") or short(cfg.loss),
+        "lr": cfg.get("lr"), "seed": cfg.get("seed"),
     }
     for override in task_overrides():
         key, _, value = override.lstrip("+~").partition("=")
         if key and not key.startswith("hydra") and key != "ckpt_path":
-            out[key] = value
+            out.setdefault(key, value)
+    out.update({k: v for k, v in {
+        "optimizer": short(cfg.optimizer), "scheduler": short(cfg.get("scheduler")) or "none", "data": cfg.data.get("name"),
+        "crop_size": cfg.data.get("crop_size"), "batch_size": cfg.data.get("batch_size"), "max_epochs": cfg.trainer.get("max_epochs"),
+    }.items() if k not in out})
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in out.items() if v is not None}
 
 
-def log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float | None]) -> None:
-    """Fill TensorBoard's HParams tab with the final (re-evaluated best-checkpoint) metrics, under
-    ``hparams/<metric>`` so the training curves get no extra points."""
-    from pytorch_lightning.loggers import TensorBoardLogger
+def log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, float | None], class_names: list[str],
+                best_epoch: int | None, best_ckpt: str | None) -> None:
+    """The HParams tab (key metric first, the swept parameters first) with the final, re-evaluated
+    best-checkpoint metrics; the same to every other tracker, with the best checkpoint as an artifact."""
+    from segkit.training.loggers import TensorBoardLogger
 
-    final = {f"hparams/{k}": v for k, v in metrics.items() if v is not None and "/loss" not in k}
+    final = {k: v for k, v in metrics.items() if v is not None and "/loss" not in k}
+    params = hparam_summary(cfg)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger) and final:
-            logger.log_hyperparams(hparam_summary(cfg), metrics=final)
+            logger.log_final(params, final, str(cfg.get("optimized_metric") or "val/miou"), class_names,
+                             step=best_epoch or trainer.current_epoch)
             logger.finalize("success")
+    hparams_to_trackers(trainer, params, final)
+    if best_ckpt:
+        artifact_to_trackers(trainer, best_ckpt)
 
 
 def _stage_metrics(trainer: pl.Trainer, module: SegModule, stage: str) -> dict[str, float]:
@@ -222,9 +233,9 @@ def _print_summary(metrics: dict[str, float], class_names: list[str], summary: d
         if f"{stage}/miou" not in metrics:
             continue
         per_class = ", ".join(f"{c} {metrics[f'{stage}/iou/{c}']:.3f}" for c in class_names)
-        print(
+        say(
             f"{stage}: mIoU {metrics[f'{stage}/miou']:.4f}  mDice {metrics[f'{stage}/mdice']:.4f}  "
-            f"pixel acc {metrics[f'{stage}/pixel_acc']:.4f}  IoU per class: {per_class}",
-            flush=True,
+            f"pixel acc {metrics[f'{stage}/pixel_acc']:.4f}  IoU per class: {per_class}"
         )
-    print(f"best epoch {summary['best_epoch']}, {summary['epochs_trained']} epochs, {summary['wall_time_s']:.0f} s", flush=True)
+    say(f"best epoch {summary['best_epoch']} of {summary['epochs_trained']} (the best checkpoint's), "
+        f"{summary['wall_time_s']:.0f} s")

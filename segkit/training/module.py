@@ -182,11 +182,17 @@ class SegModule(pl.LightningModule):
         loss_metric = self.losses[f"{stage}_loss"]
         values[f"{stage}/loss"] = float(loss_metric.compute())  # mean over the samples of every process
         loss_metric.reset()
-        # already summed over processes by the metric; no further sync needed
-        to_logger = self.log_to_logger or stage == "test"
+        if stage == "train" and getattr(self, "_epoch_lr", None) is not None:
+            values["train/lr"] = self._epoch_lr  # the rate this epoch trained with (epoch schedulers have stepped by now)
+        # already summed over processes by the metric; no further sync needed. Test scores are single final
+        # values: they reach the loggers with the best checkpoint's (``log_hparams``), not as curve points
+        to_logger = self.log_to_logger and stage != "test"
         shown = f"{stage}/miou"
         self.log(shown, values.pop(shown), prog_bar=stage == "val", logger=to_logger)
         self.log_dict(values, logger=to_logger)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else None
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")

@@ -26,6 +26,19 @@ class SummarizeSweep(Callback):
         except (SegkitError, OSError, ValueError) as err:  # a summary must never turn a finished sweep into an error
             print(f"segkit: no leaderboard for {sweep_dir}: {err}", file=sys.stderr, flush=True)
             return
+        board = sweep_dir / "leaderboard.md"
+        if board.is_file():
+            leaderboard_to_tensorboard(board, sweep_dir / "tensorboard_leaderboard")
         runs = result.get("runs", []) if isinstance(result, dict) else []
         failed = sum(1 for r in runs if getattr(r, "status", None) == "failed")
         print(f"segkit: sweep finished: {len(runs)} trials, {failed} failed; leaderboard: {sweep_dir / 'leaderboard.md'}", flush=True)
+
+
+def leaderboard_to_tensorboard(board: Path, log_dir: Path) -> None:
+    """The sweep's leaderboard (runs ranked by the key metric, the swept parameters beside them) as one
+    TensorBoard run with a Text entry: it opens with the sweep, without typing a filter."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(log_dir)) as writer:
+        lines = [line for line in board.read_text().splitlines() if not line.startswith("![")]  # PNGs stay in the folder
+        writer.add_text("leaderboard", "\n".join(lines), global_step=0)

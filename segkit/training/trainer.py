@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
+from segkit.logs import quiet_lightning
 from segkit.training.checkpointing import AtomicCheckpointIO
 from segkit.training.job import _multirun_job, _processes_created_externally
 from segkit.training.module import SegModule
@@ -22,8 +23,9 @@ def _plain(node: Any) -> Any:
 
 
 def build_trainer(cfg: DictConfig, module: SegModule | None = None) -> pl.Trainer:
+    quiet_lightning()  # no adverts for other products in the console or train.log
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    loggers = [instantiate(lg, **_run_name(lg, cfg)) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer_cfg = _plain(cfg.trainer)
     if trainer_cfg.get("deterministic") is True and module is not None:
         lacking = sorted({type(m).__name__ for m in module.modules() if isinstance(m, NON_DETERMINISTIC_LAYERS)})
@@ -49,6 +51,18 @@ def build_trainer(cfg: DictConfig, module: SegModule | None = None) -> pl.Traine
             trainer_cfg["devices"] = devices
     plugins = list(trainer_cfg.pop("plugins", None) or []) + [AtomicCheckpointIO()]
     return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, precision=precision, plugins=plugins)
+
+
+def _run_name(spec: DictConfig, cfg: DictConfig) -> dict[str, str]:
+    """W&B and MLflow runs are named like the TensorBoard run, by their overrides, unless the config names them."""
+    from segkit.training.loggers import _overrides_of_run, run_label, swept_keys
+
+    key = {"WandbLogger": "name", "SegkitMLFlowLogger": "run_name", "MLFlowLogger": "run_name"}.get(
+        str(spec.get("_target_", "")).rsplit(".", 1)[-1])
+    if key is None or spec.get(key):
+        return {}
+    out = cfg.paths.output_dir
+    return {key: run_label(_overrides_of_run(out), swept_keys(out))}
 
 
 #: layers for which torch.use_deterministic_algorithms(True) raises (CPU and CUDA alike)

@@ -200,6 +200,32 @@ def test_object_table_of_a_rectangle(tmp_path):
     assert int(back[0]["area"]) == 200
 
 
+def test_object_table_flags_objects_touching_the_image_border():
+    labels = np.zeros((30, 40), np.uint8)
+    labels[0:3, 10:14] = CELL  # first row
+    labels[27:30, 20:24] = CELL  # last row
+    labels[12:15, 0:2] = CELL  # first column
+    labels[20:23, 37:40] = CELL  # last column
+    labels[5:9, 20:26] = CELL  # inside
+    inst, cls = instances(labels, [CELL])
+    rows = object_table(inst, cls, ["background", "cell"], pixel_size=0.5)
+    assert len(rows) == 5
+    inside = next(r for r in rows if r["centroid_y"] == pytest.approx(6.5))
+    assert inside["touches_border"] is False and inside["area"] == 24 and inside["area_um2"] == pytest.approx(6.0)
+    assert sum(r["touches_border"] for r in rows) == 4
+    for r in rows:
+        assert r["area_um2"] == pytest.approx(r["area"] * 0.25)
+    assert all(list(r)[: len(OBJECT_COLUMNS)] == list(OBJECT_COLUMNS) for r in rows)  # the flag in column order
+    # an object one pixel in from every edge does not touch
+    inner = np.zeros((10, 10), np.int32)
+    inner[1:9, 1:9] = 1
+    (row,) = object_table(inner, {1: 1}, ["background", "cell"])
+    assert row["touches_border"] is False
+    full = np.ones((10, 10), np.int32)
+    (row,) = object_table(full, {1: 1}, ["background", "cell"])
+    assert row["touches_border"] is True
+
+
 def test_object_table_rejects_unknown_classes():
     inst = np.zeros((5, 5), np.int32)
     inst[1:3, 1:3] = 1
@@ -380,6 +406,11 @@ def test_size_histogram_png(tmp_path):
         assert im.format == "PNG"
     with pytest.raises(SegkitError, match="no groups"):
         size_histogram_png({}, tmp_path / "none.png", "t")
+    # a path ending in .svg is written as SVG (XML)
+    import xml.etree.ElementTree as ET
+
+    svg = size_histogram_png(groups, tmp_path / "h" / "sizes.svg", "cell area", xlabel="area (µm²)")
+    assert ET.parse(svg).getroot().tag.endswith("svg")
 
 
 def test_compare_sizes_per_image_and_pooled(tmp_path):
