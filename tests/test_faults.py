@@ -218,6 +218,11 @@ def test_a_failed_sweep_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     final = json.loads((sweep / "0" / "metrics.json").read_text())["metrics"]["val/miou"]
     assert best.Scalars("val/miou")[-1].value == pytest.approx(final, abs=1e-6)
     assert "hp_metric" not in ea.Tags()["scalars"] and "hp_metric" not in best.Tags()["scalars"]
+    # the sweep's leaderboard opens in TensorBoard's Text tab with the sweep
+    board_run = EventAccumulator(str(sweep / "tensorboard_leaderboard"))
+    board_run.Reload()
+    (text,) = board_run.Tensors("leaderboard/text_summary")
+    assert "Leaderboard: val/miou" in text.tensor_proto.string_val[0].decode() and "![" not in text.tensor_proto.string_val[0].decode()
 
 
 @pytest.mark.slow

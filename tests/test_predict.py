@@ -126,6 +126,11 @@ def test_bad_inputs_are_one_sentence(ckpts, tmp_path):
 def test_predict_cli_prints_the_output_directory(ckpts, tmp_path):
     _images(tmp_path / "in", [(32, 32)])
     proc = subprocess.run([sys.executable, "-m", "segkit.predict", f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}",
-                           f"output={tmp_path / 'o'}"], cwd=REPO, capture_output=True, text=True, env=cli_env(), timeout=300)
+                           f"output={tmp_path / 'o'}", f"paths.log_dir={tmp_path / 'logs'}"],
+                          cwd=REPO, capture_output=True, text=True, env=cli_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == f"Output directory: {tmp_path / 'o'}"
+    # predict.log in the command's run folder keeps what it printed, time-stamped
+    (log,) = (tmp_path / "logs" / "predict" / "runs").glob("*/predict.log")
+    lines = log.read_text().strip().splitlines()
+    assert lines[-1].endswith(f"Output directory: {tmp_path / 'o'}") and "1 images predicted" in lines[-2]

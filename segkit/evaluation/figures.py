@@ -20,7 +20,6 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from segkit.inference.overlay import (  # noqa: E402
     PALETTE,
-    colorize,
     error_colors,
     error_legend,
     error_map,
@@ -181,7 +180,7 @@ def worst_overlay_figure(image: np.ndarray, mask: np.ndarray, pred: np.ndarray, 
     n = len(class_names)
     err = error_overlay(img, mask, pred, n, ignore_index)
     fp_share, fn_share = error_shares(mask, pred, ignore_index)
-    panels = [img, colorize(mask), overlay(img, pred), err]
+    panels = [img, overlay(img, np.where(mask == ignore_index, 0, mask)), overlay(img, pred), err]  # truth and prediction drawn alike
     titles = ["input", "truth", "prediction", f"errors: FP {fp_share:.1f} %, FN {fn_share:.1f} %\n(of labelled pixels)"]
     h, w = mask.shape
     fig_w = max(9.0, 4 * w * min(1.0, max_width / (4 * w)) / 100)
