@@ -78,6 +78,16 @@ def list_of(check: Check, length: int | None = None, non_empty: bool = False) ->
     return ok
 
 
+def _budget(v: Any) -> bool:
+    from segkit.training.budget import parse_budget
+
+    try:
+        parse_budget(v)
+    except Exception:  # noqa: BLE001 - any refusal means the value is not a duration
+        return False
+    return True
+
+
 def _seed(v: Any) -> bool:
     return v is None or _int(v) and 0 <= v <= 2**32 - 1  # numpy's (and Lightning's) seed range
 
@@ -113,6 +123,10 @@ POS_INT = "a positive whole number such as {}"
 RULES: list[tuple[str, Check, str]] = [
     # training
     ("lr", positive, "a positive number such as 1e-3"),
+    ("budget", _budget, "a wall-clock duration such as 45m, 2h, 1h30m or 90s (a bare number is minutes), or null"),
+    ("budget_schedule.warmup", fraction, "a fraction in [0, 1) such as 0.03"),
+    ("budget_schedule.final_lr_ratio", fraction, "a fraction in [0, 1) such as 0.001"),
+    ("budget_schedule.val_share", positive, "a positive share of the time such as 0.1"),
     ("seed", _seed, "a whole number from 0 to 4294967295, or null for an unseeded run"),
     ("test", boolean, "true or false"),
     ("data.batch_size", positive_int, POS_INT.format(8)),

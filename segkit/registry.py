@@ -53,6 +53,7 @@ CALLBACKS = (
     "segkit.training.callbacks.ValidationPanel",
     "segkit.training.callbacks.StopOnNonFiniteLoss",
     "segkit.training.progress.RunLog",
+    "segkit.training.budget.BudgetSchedule",
     "segkit.training.progress.RichProgressBar",
     "segkit.training.progress.TQDMProgressBar",
     "pytorch_lightning.callbacks.LearningRateMonitor",

@@ -23,6 +23,7 @@ from segkit.errors import SegkitError
 from segkit.evaluation.metrics import ABSENT_CLASS_POLICY, flat_scores
 from segkit.inference.load import read_checkpoint
 from segkit.logs import say
+from segkit.training.budget import apply_budget
 from segkit.training.job import task_overrides
 from segkit.training.module import SegModule
 from segkit.training.records import _now, failure_reason, interruption, write_run_config, write_status
@@ -118,6 +119,7 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
             cfg.data.class_names, cfg.data.num_classes = list(dm.class_names), dm.num_classes
     weights = resolve_class_weights(_plain(cfg.loss), dm)
     rank_zero_only(dm.write_records)(output_dir, {"class_weights": weights, "weight_method": cfg.loss.get("weight_method") if weights else None})
+    apply_budget(cfg)  # budget=45m: time-based lr, epoch limit lifted; recorded in run_config.yaml
     rank_zero_only(write_run_config)(cfg, output_dir, dm)
     if weights is not None:
         rank_zero_only(say)(f"class weights {dict(zip(dm.class_names, [round(w, 4) for w in weights], strict=True))}")

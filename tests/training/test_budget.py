@@ -1,0 +1,131 @@
+"""``budget=45m``: the learning rate follows elapsed time and the run ends annealed at the deadline whatever
+the step rate (a simulated clock), and a real tiny run keeps to its budget."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from segkit.errors import SegkitError
+from segkit.training.budget import BudgetSchedule, lr_factor, parse_budget
+from tests.conftest import TINY_DATA, TINY_MODELS, compose_cfg
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeTrainer:
+    def __init__(self, lr: float) -> None:
+        self.optimizers = [torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)]
+        self.is_global_zero, self.world_size, self.should_stop = True, 1, False
+        self.sanity_checking, self.current_epoch, self.check_val_every_n_epoch = False, 0, 1
+        self.global_step, self.num_training_batches = 0, 1
+
+
+def simulate(budget: float, steps: int, step_s, val_s: float, lr: float = 0.01, **kw):
+    """Drive the callback's hooks as Lightning's fit loop does; ``step_s(t)`` is the step time at clock t."""
+    clock = Clock()
+    trainer, cb = FakeTrainer(lr), BudgetSchedule(budget, clock=clock, **kw)
+    start = clock.t
+    cb.on_fit_start(trainer, None)
+    lrs, validated, epoch = [], [], 0
+    trainer.num_training_batches = steps
+    while not trainer.should_stop and epoch < 100000:  # Lightning's fit loop, as far as the callback sees it
+        trainer.current_epoch = epoch
+        cb.on_train_epoch_start(trainer, None)
+        for b in range(steps):
+            cb.on_train_batch_start(trainer, None, None, b)
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+            clock.t += step_s(clock.t - start)
+            trainer.global_step += 1
+            cb.on_train_batch_end(trainer, None, None, None, b)
+            if trainer.should_stop:
+                break
+        if (epoch + 1) % trainer.check_val_every_n_epoch == 0:
+            cb.on_validation_start(trainer, None)
+            clock.t += val_s
+            cb.on_validation_end(trainer, None)
+            validated.append(epoch)
+        cb.on_train_epoch_end(trainer, None)
+        epoch += 1
+    return {"used": clock.t - start, "lrs": lrs, "validated": validated, "epochs": epoch, "cb": cb}
+
+
+@pytest.mark.parametrize("step", [0.005, 0.2, 3.0])
+def test_the_run_ends_annealed_at_the_deadline_whatever_the_step_rate(step):
+    budget, steps, val = 600.0, 20, 1.0
+    r = simulate(budget, steps, lambda t: step, val)
+    epoch_s = steps * step + val
+    assert r["used"] <= budget  # never past the deadline
+    assert r["used"] > budget - max(3 * step + 1e-6, 0.01 * budget) - 0 * epoch_s  # no budget left unused
+    assert r["validated"][-1] == r["epochs"] - 1  # the last epoch is validated
+    lrs = r["lrs"]
+    assert lrs[-1] <= 0.01 * 0.02  # annealed: within 2 % of the range above the final lr (1e-5)
+    peak = lrs.index(max(lrs))
+    assert all(a >= b - 1e-12 for a, b in zip(lrs[peak:], lrs[peak + 1:], strict=False))  # decays monotonically
+    assert max(lrs) == pytest.approx(0.01, rel=0.02) and lrs[0] <= 0.01 * 0.05  # warm-up from ~1 % of lr
+
+
+def test_a_machine_that_slows_down_mid_run_still_ends_before_the_deadline():
+    r = simulate(600.0, 20, lambda t: 0.2 if t < 300 else 0.6, 1.0)
+    assert 600.0 - 3 * 0.6 - 6.0 < r["used"] <= 600.0
+    assert r["lrs"][-1] <= 0.01 * 0.05 and r["validated"][-1] == r["epochs"] - 1
+
+
+def test_costly_validation_runs_less_often_but_always_last():
+    # validation costs 50 % of a training epoch: every ceil(0.5 / 0.1) = 5th epoch, and the last
+    r = simulate(600.0, 10, lambda t: 1.0, 5.0)
+    gaps = {b - a for a, b in zip(r["validated"][:-2], r["validated"][1:-1], strict=True)}
+    assert gaps == {5}
+    assert r["validated"][-1] == r["epochs"] - 1 and len(r["validated"]) < r["epochs"] / 3
+    assert r["used"] <= 600.0
+
+
+def test_resume_keeps_the_remaining_budget():
+    clock = Clock()
+    trainer, cb = FakeTrainer(0.01), BudgetSchedule(100.0, clock=clock)
+    cb.on_fit_start(trainer, None)
+    clock.t += 40.0
+    state = cb.state_dict()
+    resumed = BudgetSchedule(100.0, clock=clock)
+    resumed.load_state_dict(state)
+    resumed.on_fit_start(FakeTrainer(0.01), None)
+    clock.t += 10.0
+    assert resumed.elapsed() == pytest.approx(50.0) and resumed.base_lrs == [[0.01]]
+
+
+def test_lr_factor_and_budget_parsing():
+    assert lr_factor(0.0, 0.1, 1e-3) == pytest.approx(0.01) and lr_factor(0.1, 0.1, 1e-3) == pytest.approx(1.0)
+    assert lr_factor(0.55, 0.1, 0.0) == pytest.approx(0.5)  # cosine midpoint
+    assert lr_factor(1.0, 0.1, 1e-3) == pytest.approx(1e-3) and lr_factor(2.0, 0.1, 1e-3) == pytest.approx(1e-3)
+    assert parse_budget("45m") == 2700 and parse_budget("2h") == 7200 and parse_budget("1h30m") == 5400
+    assert parse_budget("90s") == 90 and parse_budget(20) == 1200 and parse_budget(None) is None
+    for bad in ("45", "abc", "-5m", "0m", "5 minutes", True):
+        with pytest.raises(SegkitError, match="budget is"):
+            parse_budget(bad)
+
+
+def test_a_real_run_keeps_to_its_budget(tmp_path):
+    from segkit.training.fit import train
+
+    budget = 12.0
+    cfg = compose_cfg(tmp_path, TINY_DATA + TINY_MODELS["unet"] + [f"budget={budget:g}s", "lr=0.004"])
+    t0 = time.perf_counter()
+    metrics, objects = train(cfg)
+    fit_and_eval = time.perf_counter() - t0
+    trainer = objects["trainer"]
+    assert cfg.trainer.max_epochs == -1 and cfg.scheduler is None  # the budget replaced both
+    assert trainer.current_epoch >= 2  # more than the one epoch the tiny config asks for
+    cb = next(c for c in trainer.callbacks if isinstance(c, BudgetSchedule))
+    assert cb.fit_elapsed <= budget  # training ended before the deadline, leaving time for the re-evaluation
+    assert fit_and_eval <= budget + 3.0  # the whole command about at the deadline (its setup takes a second or two)
+    assert trainer.optimizers[0].param_groups[0]["lr"] <= 0.004 * 0.05  # annealed at the end
+    assert math.isfinite(metrics["val/miou"])
