@@ -6,6 +6,7 @@ A training run (``outputs/<task>/runs/<date_time.microseconds>/``)::
     .hydra/config.yaml, .hydra/overrides.yaml, .hydra/hydra.yaml   (Hydra's record of the composed config)
     run_config.yaml     the resolved config with absolute data paths (eval / predict rebuild the data from it)
     splits.json         the image stems of each split      data_stats.json   train-split statistics
+    plan.yaml           what segkit chose from the data's fingerprint and the budget, and why (segkit.plan)
     status.json         running / completed / failed / interrupted, with the reason
     metrics.json        {"schema_version": 1, "kind": "train", "metrics": {...}, ...}
     tensorboard/<overrides>/   the TensorBoard run, named by its overrides (and best_checkpoint/: final scores)
@@ -39,6 +40,7 @@ STATUS = "status.json"
 METRICS = "metrics.json"
 TENSORBOARD = "tensorboard"
 PROGRESS_PNG = "progress.png"
+PLAN = "plan.yaml"
 
 #: metrics.json: version of its layout, and the kinds of run that write one
 METRICS_SCHEMA_VERSION = 1
@@ -100,6 +102,10 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD
+
+    @property
+    def plan(self) -> Path:
+        return self.path / PLAN
 
     @property
     def progress_png(self) -> Path:

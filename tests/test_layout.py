@@ -10,7 +10,7 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "segkit"
 #: ``python -m segkit.<x>`` entry points: compose -> build -> run -> report, and nothing else imports them
-COMMANDS = {"segkit.train", "segkit.eval", "segkit.predict", "segkit.tune_postprocess", "segkit.compare", "segkit.summarize",
+COMMANDS = {"segkit.train", "segkit.plan", "segkit.eval", "segkit.predict", "segkit.tune_postprocess", "segkit.compare", "segkit.summarize",
             "segkit.export.__main__", "segkit.data.__main__", "segkit.analysis.__main__"}
 COMMAND_MAX_LINES = 110
 

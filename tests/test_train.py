@@ -207,3 +207,12 @@ def test_two_process_ddp_training_equals_one_process_with_the_global_batch(tmp_p
     for key, value in mb.items():
         if value is not None:
             assert ma[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_an_epoch_without_validation_still_rewrites_last_ckpt(tmp_path):
+    from segkit.inference.load import read_checkpoint
+
+    cfg, _, _ = _run(tmp_path, "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2")
+    last = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    best = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt")
+    assert last["epoch"] == 2 and best["epoch"] == 1  # epoch 3 did not validate; last.ckpt is still its end

@@ -255,7 +255,9 @@ class SegDataModule(pl.LightningDataModule):
         if self.cache_dir is None:
             self.stats_source = "computed"
             return compute()
-        path = self.cache_dir / f"stats-{self.name}-{self.stats_key(reading)}.json"
+        #: the key of the train split's cached records (statistics, fingerprint)
+        self.stats_key_value = self.stats_key(reading)
+        path = self.cache_dir / f"stats-{self.name}-{self.stats_key_value}.json"
         if path.is_file():
             try:
                 data = json.loads(path.read_text())

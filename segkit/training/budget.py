@@ -90,6 +90,7 @@ class BudgetSchedule(pl.Callback):
         self._epoch_train = 0.0  # seconds of training steps (data loading included) in this epoch
         self._window = [0.0, 0]  # training seconds and steps since the last estimate
         self._since_val = 0
+        self._next_cadence: int | None = None
         self._progress = 0.0
         self._validated_this_epoch = False
         self._epoch_steps = 0
@@ -134,6 +135,8 @@ class BudgetSchedule(pl.Callback):
         self._set_lr(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._next_cadence is not None:
+            trainer.check_val_every_n_epoch, self._next_cadence = self._next_cadence, None
         self._validated_this_epoch = False
         self._epoch_steps = 0
         self._prev_end, self._epoch_train = None, 0.0
@@ -153,7 +156,7 @@ class BudgetSchedule(pl.Callback):
         self._window[1] += 1
         self._epoch_steps += 1
         step = int(trainer.global_step)
-        if step % self.replan_every == 0:
+        if step % self.replan_every == 0 or step in (3, 10):  # a first plan soon, then every replan_every steps
             self.plan(trainer)
         if self.stop_step is not None and step >= self.stop_step:
             trainer.check_val_every_n_epoch = 1  # the last step is always followed by a validation
@@ -206,6 +209,8 @@ class BudgetSchedule(pl.Callback):
             # reserve: the final validation, and segkit's re-evaluation of the best checkpoint after fit
             remaining = max(0, int((left - 2 * val_s) // per_step))
             stop = step + remaining
+            if trainer.max_epochs is not None and trainer.max_epochs > 0:  # trainer.max_epochs given with the budget
+                stop = min(stop, int(trainer.max_epochs) * _batches_per_epoch(trainer))
             if self.stop_step and step / self.stop_step < 0.98 and remaining < max(1, round(0.02 * step)):
                 # the machine slowed down so much that the plan has no steps left before the learning rate
                 # has decayed: a few more (2 % of the run) anneal it, at a small cost past the deadline
@@ -219,7 +224,8 @@ class BudgetSchedule(pl.Callback):
         if epoch_end:
             validate_next = self._since_val + 1 >= self.every
             nxt = trainer.current_epoch + 1  # Lightning validates epoch e when (e + 1) % n == 0
-            trainer.check_val_every_n_epoch = 1 if validate_next else nxt + 2
+            # set when the next epoch starts: the checkpoint callback still reads this epoch's value at its end
+            self._next_cadence = 1 if validate_next else nxt + 2
             if step >= self.stop_step:
                 trainer.should_stop = True
 
@@ -237,12 +243,14 @@ def _batches_per_epoch(trainer: pl.Trainer) -> int:
     return max(1, int(n)) if math.isfinite(n) else 1
 
 
-def apply_budget(cfg: Any) -> float | None:
+def apply_budget(cfg: Any, spent: float = 0.0) -> float | None:
     """``budget=45m`` on the training config: the epoch limit lifted (unless ``trainer.max_epochs`` was given),
     Lightning's ``max_time`` as a backstop 5 % + 1 min past the deadline, the epoch scheduler replaced by
     :class:`BudgetSchedule` (unless a ``scheduler`` was given: then it is kept, the budget only ends the run),
     and the callback added to ``cfg.callbacks`` so that ``run_config.yaml`` records it. Returns the budget in
-    seconds, or None when there is none. Applying it twice (a resume) changes nothing."""
+    seconds, or None when there is none. ``spent``: seconds the command has already used (reading the data,
+    planning): the run's own budget is what is left of it. Applying it twice (a resume) changes nothing
+    but that."""
     from omegaconf import open_dict
 
     from segkit.training.job import task_overrides
@@ -262,6 +270,6 @@ def apply_budget(cfg: Any) -> float | None:
         if not own_scheduler:
             cfg.scheduler = None
         cfg.callbacks = cfg.get("callbacks") or {}
-        cfg.callbacks.budget = {"_target_": "segkit.training.budget.BudgetSchedule", "seconds": seconds,
+        cfg.callbacks.budget = {"_target_": "segkit.training.budget.BudgetSchedule", "seconds": max(1.0, seconds - spent),
                                 "set_lr": not own_scheduler, **options}
     return seconds

@@ -67,17 +67,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten after EVERY validation.
+    """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten after EVERY validation (and after every epoch
+    that did not validate).
 
     Lightning 2.6 rewrites ``last.ckpt`` only when a top-k checkpoint was saved in the same step, so
     after the best epoch it stops moving and a run killed later would resume from its best epoch, not
     from where it stopped. ``best.ckpt`` keeps Lightning's rules.
     """
 
+    _validated_epoch: int | None = None
+
     def _last_too(self, trainer: pl.Trainer, on_train_epoch_end: bool) -> None:
         if not self.save_last or self._should_skip_saving_checkpoint(trainer):  # skipped also when saved at this step
             return
-        if self._should_save_on_train_epoch_end(trainer) == on_train_epoch_end:
+        on_epoch = self._should_save_on_train_epoch_end(trainer)
+        # an epoch that did not validate (check_val_every_n_epoch > 1, budget=...) still rewrites last.ckpt
+        unvalidated = on_train_epoch_end and not on_epoch and self._validated_epoch != trainer.current_epoch
+        if on_epoch == on_train_epoch_end or unvalidated:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -86,4 +92,6 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
         self._last_too(trainer, on_train_epoch_end=False)

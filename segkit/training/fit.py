@@ -23,6 +23,7 @@ from segkit.errors import SegkitError
 from segkit.evaluation.metrics import ABSENT_CLASS_POLICY, flat_scores
 from segkit.inference.load import read_checkpoint
 from segkit.logs import say
+from segkit.planning.plan import plan_for, write_plan
 from segkit.training.budget import apply_budget
 from segkit.training.job import task_overrides
 from segkit.training.module import SegModule
@@ -117,9 +118,13 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
     if cfg.data.get("class_names") is None or cfg.data.get("num_classes") is None:  # named by the data (codes.txt)
         with open_dict(cfg):
             cfg.data.class_names, cfg.data.num_classes = list(dm.class_names), dm.num_classes
+    record = plan_for(cfg, dm)  # plan=auto: the data's fingerprint and the budget choose what the user left open
+    if record is not None and rank_zero_only.rank == 0:
+        write_plan(record, rundir.RunDir(output_dir).plan)
+        say(f"plan ({record['mode']}; python -m segkit.plan shows it without training):\n{record['table']}")
     weights = resolve_class_weights(_plain(cfg.loss), dm)
     rank_zero_only(dm.write_records)(output_dir, {"class_weights": weights, "weight_method": cfg.loss.get("weight_method") if weights else None})
-    apply_budget(cfg)  # budget=45m: time-based lr, epoch limit lifted; recorded in run_config.yaml
+    apply_budget(cfg, spent=time.perf_counter() - started)  # budget=45m: time-based lr; recorded in run_config.yaml
     rank_zero_only(write_run_config)(cfg, output_dir, dm)
     if weights is not None:
         rank_zero_only(say)(f"class weights {dict(zip(dm.class_names, [round(w, 4) for w in weights], strict=True))}")

@@ -126,6 +126,9 @@ class RunLog(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.write_layout(pl_module.class_names)
+        plan = rundir.RunDir(self.output_dir).plan if self.output_dir else None
+        if plan is not None and plan.is_file():
+            text_to_loggers(trainer, "plan", "What segkit chose (`plan.yaml`):\n\n```yaml\n" + plan.read_text() + "\n```")
         config = rundir.RunDir(self.output_dir).run_config if self.output_dir else None
         if config is not None and config.is_file():
             text_to_loggers(trainer, "config", "Resolved config (`run_config.yaml`):\n\n```yaml\n" + config.read_text() + "\n```")

@@ -27,7 +27,7 @@ class FakeTrainer:
         self.optimizers = [torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)]
         self.is_global_zero, self.world_size, self.should_stop = True, 1, False
         self.sanity_checking, self.current_epoch, self.check_val_every_n_epoch = False, 0, 1
-        self.global_step, self.num_training_batches = 0, 1
+        self.global_step, self.num_training_batches, self.max_epochs = 0, 1, -1
 
 
 def simulate(budget: float, steps: int, step_s, val_s: float, lr: float = 0.01, **kw):
@@ -41,6 +41,8 @@ def simulate(budget: float, steps: int, step_s, val_s: float, lr: float = 0.01, 
     while not trainer.should_stop and epoch < 100000:  # Lightning's fit loop, as far as the callback sees it
         trainer.current_epoch = epoch
         cb.on_train_epoch_start(trainer, None)
+        if epoch == 0 and trainer.check_val_every_n_epoch != 1:
+            raise AssertionError("the first epoch validates")
         for b in range(steps):
             cb.on_train_batch_start(trainer, None, None, b)
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
@@ -129,3 +131,22 @@ def test_a_real_run_keeps_to_its_budget(tmp_path):
     assert fit_and_eval <= budget + 3.0  # the whole command about at the deadline (its setup takes a second or two)
     assert trainer.optimizers[0].param_groups[0]["lr"] <= 0.004 * 0.05  # annealed at the end
     assert math.isfinite(metrics["val/miou"])
+
+
+def test_an_epoch_limit_given_with_the_budget_caps_the_plan():
+    clock = Clock()
+    trainer, cb = FakeTrainer(0.01), BudgetSchedule(3600.0, clock=clock)
+    trainer.max_epochs, trainer.num_training_batches = 4, 10
+    cb.on_fit_start(trainer, None)
+    lrs = []
+    for epoch in range(4):
+        trainer.current_epoch = epoch
+        cb.on_train_epoch_start(trainer, None)
+        for b in range(10):
+            cb.on_train_batch_start(trainer, None, None, b)
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+            clock.t += 0.1
+            trainer.global_step += 1
+            cb.on_train_batch_end(trainer, None, None, None, b)
+        cb.on_train_epoch_end(trainer, None)
+    assert cb.stop_step == 40 and lrs[-1] < 0.01 * 0.02  # annealed at the 4th epoch's end, not at the hour

@@ -1,0 +1,185 @@
+"""The plan: what segkit chooses from the data's fingerprint, the machine and the budget, with the reason for
+each choice. A key the user set on the command line (or an ``experiment=`` file set) keeps the user's value,
+and the plan says so. ``plan=off`` leaves the config as composed; ``plan=report`` records the plan without
+applying it.
+
+The rules, each tied to a measurement (RESULTS.md):
+- ``loss.class_weights``: ``auto`` (median-frequency weights) when the rarest class covers < 2 % of the train
+  pixels: darkfield's spirochaetes (1 %) were never predicted without them; the embedded default's 5 % class
+  is learned without.
+- ``data.sampling``: ``class_balanced`` crops under the same condition (crop centres cycle through the
+  classes, so the rare class is in a share of the crops instead of ~1 % of them).
+With a ``budget`` (the choices that spend compute):
+- ``data.crop_size``: the largest multiple of 32 that fits the median image's short side, at most 256 on a
+  CPU (512 on a GPU), and at least twice the median diameter of the largest objects when the images allow.
+- ``data.crops_per_image`` so that an epoch has at least 32 steps (validation cadence and
+  class cycling need epochs of some length), and ``model.base_width`` as the widest candidate whose measured
+  step time still gives 1,500 optimizer steps in 85 % of the budget (darkfield: width 8 was still improving
+  after 1,920 steps; width 16 managed 300 in 45 minutes on one core and stalled).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+RARE_SHARE = 0.02
+MIN_STEPS = 1500
+STEP_SHARE = 0.85
+WIDTHS = {"UNet": (8, 16, 32), "SegNet": (8, 16, 32), "FCN": (8, 16, 32)}
+
+
+@dataclass
+class PlanItem:
+    key: str
+    value: Any
+    reason: str
+    source: str = "plan"  # plan | user | experiment | default
+    planned: Any = None  # what the plan would have chosen when the user's value won
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _floor32(x: float) -> int:
+    return max(32, int(x) // 32 * 32)
+
+
+def measure_step_seconds(model_spec: dict[str, Any], batch: int, crop: int, channels: int, num_classes: int,
+                         steps: int = 2) -> float:
+    """Median seconds of a training step (forward, cross-entropy, backward, AdamW) of the network on random
+    data of the planned shape, on the CPU or the first GPU, after one warm-up step."""
+    import torch
+
+    from segkit.models.network import build_network
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = build_network(model_spec, "the plan's candidate network").to(device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    x = torch.randn(batch, channels, crop, crop, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch, crop, crop), device=device)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return float(sorted(times)[len(times) // 2])
+
+
+def make_plan(fp: dict[str, Any], cfg: Any, machine: dict[str, Any], budget_s: float | None,
+              measure=measure_step_seconds) -> list[PlanItem]:
+    """The plan's choices for ``cfg`` (the composed training config) from the fingerprint ``fp``."""
+    items: list[PlanItem] = []
+    classes = fp["classes"]
+    rare = min(classes, key=lambda c: c["pixel_share"])
+    rare_text = f"rarest class '{rare['name']}' covers {100 * rare['pixel_share']:.2f} % of the train pixels"
+    is_rare = rare["pixel_share"] < RARE_SHARE
+    if cfg.loss.get("class_weights", "absent") != "absent":
+        items.append(PlanItem("loss.class_weights", "auto" if is_rare else None,
+                              f"{rare_text} ({'<' if is_rare else '>='} {100 * RARE_SHARE:g} %): "
+                              + ("median-frequency class weights" if is_rare else "no class weights needed")))
+    items.append(PlanItem("data.sampling", "class_balanced" if is_rare else "uniform",
+                          f"{rare_text}: " + ("crops centred on each class in turn" if is_rare else "uniform random crops")))
+    if budget_s:
+        items += _compute(fp, cfg, machine, budget_s, measure)
+    return items
+
+
+def _compute(fp: dict[str, Any], cfg: Any, machine: dict[str, Any], budget_s: float, measure) -> list[PlanItem]:
+    """The choices that spend compute, made only for a budget: crop size, crops per image, network width."""
+    items: list[PlanItem] = []
+    classes = fp["classes"]
+    gpu = bool(machine.get("gpus"))
+    cap = 512 if gpu else 256
+    short = min(fp["height"]["median"], fp["width"]["median"])
+    crop = min(_floor32(short), cap)
+    diameters = [math.sqrt(4 * c["median_area"] / math.pi) for c in classes[1:] if c.get("median_area")]
+    why = f"median image {fp['height']['median']:.0f} x {fp['width']['median']:.0f} px; at most {cap} on a {'GPU' if gpu else 'CPU'}"
+    if diameters and 2 * max(diameters) > crop and _floor32(short) > crop:
+        crop = min(_floor32(short), _floor32(2 * max(diameters) + 31), 512)
+        why += f"; raised to hold 2 x the largest objects' median diameter ({max(diameters):.0f} px)"
+    items.append(PlanItem("data.crop_size", crop, why))
+    batch = int(cfg.data.get("batch_size", 8))
+    cpi = min(8, max(1, math.ceil(32 * batch / max(1, fp["num_images"]))))
+    items.append(PlanItem("data.crops_per_image", cpi,
+                          f"{fp['num_images']} train images x {cpi} crops / batch {batch} = "
+                          f"{fp['num_images'] * cpi // batch} steps per epoch (>= 32)"))
+    items += _width(cfg, fp, budget_s, crop, batch, measure)
+    return items
+
+
+def _width(cfg: Any, fp: dict[str, Any], budget_s: float, crop: int, batch: int, measure) -> list[PlanItem]:
+    from omegaconf import OmegaConf
+
+    family = str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1]
+    if family not in WIDTHS or "base_width" not in cfg.model:
+        return []
+    spec = OmegaConf.to_container(cfg.model, resolve=True)
+    spec.pop("compile", None)
+    measured = []
+    for width in WIDTHS[family]:  # narrow to wide: a wider network is only slower, so stop at the first too slow
+        seconds = measure({**spec, "base_width": width}, batch, crop, fp["channels"], len(fp["classes"]))
+        measured.append((width, seconds, int(STEP_SHARE * budget_s / seconds)))
+        if measured[-1][2] < MIN_STEPS:
+            break
+    fitting = [m for m in measured if m[2] >= MIN_STEPS]
+    width, seconds, steps = fitting[-1] if fitting else measured[0]
+    table = ", ".join(f"width {w}: {s:.2f} s/step -> {n} steps" for w, s, n in measured)
+    rule = f"the widest with >= {MIN_STEPS} steps in {100 * STEP_SHARE:.0f} % of the budget" if fitting else \
+        f"none reaches {MIN_STEPS} steps: the narrowest"
+    return [PlanItem("model.base_width", width, f"measured at batch {batch}, crop {crop}: {table}; {rule}")]
+
+
+def given_keys(overrides: list[str]) -> set[str]:
+    return {o.lstrip("+~").partition("=")[0] for o in overrides}
+
+
+def resolve_sources(items: list[PlanItem], cfg: Any, overrides: list[str]) -> list[PlanItem]:
+    """Mark the items whose key the user set (directly, or a group it belongs to was chosen with a value the
+    plan cannot read: ``loss=dice`` keeps the dice config's own keys); an ``experiment=`` file's values win
+    over the plan too."""
+    from omegaconf import OmegaConf
+
+    given = given_keys(overrides)
+    experiment = any(k in ("experiment", "+experiment") for k in given)
+    for item in items:
+        group = item.key.split(".", 1)[0]
+        user = item.key in given or (group == "loss" and "loss" in given)
+        if user or experiment:
+            current = OmegaConf.select(cfg, item.key, default=None)
+            item.planned, item.value = item.value, current
+            item.source = "user" if user else "experiment"
+    return items
+
+
+def apply_plan(items: list[PlanItem], cfg: Any, dm: Any | None = None) -> None:
+    """Set the config keys (and the prepared datamodule's attributes) the plan chose."""
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(cfg):
+        for item in items:
+            if item.source != "plan":
+                continue
+            OmegaConf.update(cfg, item.key, item.value, merge=False)
+            if dm is not None and item.key.startswith("data."):
+                setattr(dm, item.key.split(".", 1)[1], item.value)
+
+
+def plan_table(items: list[PlanItem]) -> str:
+    """The plan as a table: key, value, who chose it, why."""
+    rows = [("key", "value", "chosen by", "reason")]
+    for it in items:
+        by = it.source if it.source == "plan" else f"{it.source} (plan: {'null' if it.planned is None else it.planned})"
+        rows.append((it.key, "null" if it.value is None else str(it.value), by, it.reason))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows]
+    lines.insert(1, "-" * min(160, sum(widths) + 6 + 40))
+    return "\n".join(lines)
