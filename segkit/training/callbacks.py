@@ -41,8 +41,11 @@ def panel_figure(samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     cell_w = min(3.0, max_width / 100 / 4)
     scale = cell_w / widest
     fig_h = sum(heights) * scale + 0.45 * len(samples) + 0.9
+    top, bottom = 0.55, 0.45  # inches: suptitle and column titles; legend
     fig, axes = plt.subplots(len(samples), 4, figsize=(4 * cell_w + 0.3, fig_h), dpi=100, squeeze=False,
-                             gridspec_kw={"height_ratios": heights}, layout="constrained")
+                             gridspec_kw={"height_ratios": heights, "hspace": 0.35 * len(samples) / max(1, sum(heights) * scale),
+                                          "wspace": 0.04, "left": 0.01, "right": 0.99, "top": 1 - top / fig_h,
+                                          "bottom": bottom / fig_h})
     fig.patch.set_facecolor("0.82")  # padding is this grey: neither background-black nor false-positive white
     titles = ("input", "truth", "prediction", "errors")
     for r, (image, mask, pred) in enumerate(samples):
@@ -63,7 +66,7 @@ def panel_figure(samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
             ax.set_title(name, fontsize=8)
     handles = [Patch(color=PALETTE[i % len(PALETTE)] / 255.0, label=name) for i, name in enumerate(class_names) if i > 0]
     handles += [Patch(facecolor=color / 255.0, edgecolor="0.5", label=label) for label, color in error_legend(n)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=7, frameon=False)
     fig.suptitle(f"validation, epoch {epoch} ({class_names[0]}: no colour; % of labelled pixels)", fontsize=9)
     return fig
 

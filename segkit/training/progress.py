@@ -6,7 +6,7 @@
   lr 1.9e-03  41 s``) and the per-class table of each validation (class, IoU, Dice, precision, recall,
   share of true and of predicted pixels) into ``train.log``; on the console too when no progress bar is
   drawing (``trainer.enable_progress_bar=false``, SLURM, nohup);
-- ``progress.png``, rewritten after every validation: train and validation loss on one axis, per-class
+- ``progress.png``, rewritten after every validation (at most every ``min_interval_s``, 10 s; and at the end): train and validation loss on one axis, per-class
   IoU with the best epoch marked, learning rate, seconds per epoch (nnU-Net's ``progress.png``);
 - a warning (console, log and TensorBoard's Text tab) when a class present in the validation truth has
   been predicted nowhere for ``warn_after`` validations in a row;
@@ -100,8 +100,13 @@ def _console(trainer: pl.Trainer) -> bool:
 class RunLog(pl.Callback):
     """``train.log`` lines, ``progress.png`` and the predicted-nowhere warning (module docstring)."""
 
-    def __init__(self, output_dir: str | None = None, warn_after: int = 3, figure: bool = True) -> None:
+    def __init__(self, output_dir: str | None = None, warn_after: int = 3, figure: bool = True,
+                 min_interval_s: float = 10.0) -> None:
         self.output_dir = Path(output_dir) if output_dir else None
+        #: progress.png is redrawn after a validation at most this often (drawing it takes about 0.5 s)
+        self.min_interval_s = float(min_interval_s)
+        self._drawn = -float("inf")
+        self._drawn_epoch: int | None = None
         self.warn_after = max(1, int(warn_after))
         self.figure = figure
         self.history: list[dict[str, Any]] = []
@@ -182,8 +187,20 @@ class RunLog(pl.Callback):
         if self._val is not None:
             say(f"validation, epoch {epoch}, pooled over the split:\n{class_table(self._val['cm'], pl_module.class_names)}", console=console)
             self._check_nowhere(trainer, pl_module.class_names, self._val["cm"], epoch)
-            if self.figure and self.output_dir is not None:
+            now = time.perf_counter()
+            if self.figure and self.output_dir is not None and now - self._drawn >= self.min_interval_s:
+                self._drawn = now
                 progress_figure(self.history, pl_module.class_names, rundir.RunDir(self.output_dir).progress_png, monitor, best)
+                self._drawn_epoch = epoch
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The figure of the whole run, when the last validation fell inside ``min_interval_s``."""
+        validated = [r for r in self.history if "val_loss" in r]
+        if (trainer.is_global_zero and self.figure and self.output_dir is not None and validated
+                and self._drawn_epoch != validated[-1]["epoch"]):
+            monitor, mode = self._monitor(trainer)
+            progress_figure(self.history, pl_module.class_names, rundir.RunDir(self.output_dir).progress_png, monitor,
+                            self._best(mode))
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
