@@ -76,3 +76,45 @@ def test_every_real_data_experiment_config_has_its_smoke_test():
     shipped = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
     synthetic_only = {"folder_unet"}  # trains on a user's folder; tests/ make its data
     assert shipped - synthetic_only == set(EXPERIMENTS)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["darkfield", "isbi2012", "sunnybrook", "phase_bacteria"])
+def test_the_planner_on_each_real_dataset_matches_hand_computed_fingerprints(name, tmp_path):
+    """The fingerprint's class shares, image counts and sizes recounted with NumPy from the train masks, and the
+    plan's rare-class choices checked against them."""
+    import numpy as np
+    from hydra.utils import instantiate
+
+    from segkit.planning.plan import plan_for
+
+    root = SHARED_DATA / name
+    if not root.is_dir():
+        pytest.skip(f"../shared/data/{name} is absent")
+    cfg = compose_cfg(tmp_path, [f"data={name}", f"data.root={root}"])
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.prepare()
+    record = plan_for(cfg, dm, overrides=[])
+    fp = record["fingerprint"]
+    _, masks, _ = dm.arrays("train")
+    counts = np.zeros(dm.num_classes, np.int64)
+    images_with = np.zeros(dm.num_classes, np.int64)
+    for m in masks:
+        c = np.bincount(m[m != dm.ignore_index].ravel(), minlength=dm.num_classes)[: dm.num_classes]
+        counts += c
+        images_with += c > 0
+    shares = counts / counts.sum()
+    assert fp["num_images"] == len(masks) == len(dm.split["train"])
+    assert [c["pixels"] for c in fp["classes"]] == counts.tolist()
+    assert [c["images"] for c in fp["classes"]] == images_with.tolist()
+    assert fp["height"]["median"] == float(np.median([m.shape[0] for m in masks]))
+    items = {i["key"]: i for i in record["items"]}
+    rare = bool(shares.min() < 0.02)
+    assert items["data.sampling"]["value"] == ("class_balanced" if rare else "uniform")
+    if "loss.class_weights" in items:
+        assert items["loss.class_weights"].get("value") == ("auto" if rare else None)
+    for c in fp["classes"][1:]:
+        if c["objects"]:
+            assert 1 <= c["median_width"] <= min(fp["height"]["max"], fp["width"]["max"])
+            assert c["median_area"] >= c["median_width"]  # an object at least as large as its inscribed disc's diameter

@@ -216,3 +216,19 @@ def test_an_epoch_without_validation_still_rewrites_last_ckpt(tmp_path):
     last = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
     best = read_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt")
     assert last["epoch"] == 2 and best["epoch"] == 1  # epoch 3 did not validate; last.ckpt is still its end
+
+
+def test_post_processing_is_tuned_on_validation_after_training(tmp_path):
+    from segkit import rundir
+    from segkit.evaluation.evaluate import eval_postprocess
+
+    cfg, metrics, objects = _run(tmp_path, "trainer.max_epochs=2", "postprocess_tuning=auto")
+    tuned = objects["summary"]["postprocess"]
+    best = Path(objects["summary"]["checkpoint"])
+    record = json.loads(rundir.postprocess_file(best).read_text())
+    assert tuned["split"] == "val" and tuned["metric"] == "miou" and record["postprocess"] == tuned["postprocess"]
+    # "before" is the best checkpoint's argmax val mIoU, which train computed independently through Lightning
+    assert tuned["before"] == pytest.approx(metrics["val/miou"], abs=1e-4) and tuned["after"] >= tuned["before"]
+    post, source = eval_postprocess("auto", best)  # eval's default picks the file up
+    assert post == record["postprocess"] and str(rundir.postprocess_file(best)) in source
+    assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["postprocess"] == tuned

@@ -100,15 +100,18 @@ def select_split(dm, split: str) -> tuple[list[np.ndarray], list[np.ndarray], li
 
 
 def eval_postprocess(value: Any, ckpt: Path) -> tuple[dict | None, str]:
-    """``postprocess``: null = argmax; ``tuned`` = postprocess.json next to the first checkpoint; or a mapping."""
+    """``postprocess``: null = argmax; ``tuned`` = postprocess.json next to the first checkpoint; ``auto`` = that
+    file when it exists (segkit.train tunes on validation after training), else argmax; or a mapping."""
     if value is None:
         return None, "none (argmax)"
     if isinstance(value, str):
-        if value != "tuned":
-            raise SegkitError(f"postprocess is '{value}'; expected null, tuned, or a mapping of post-processing keys")
+        if value not in ("tuned", "auto"):
+            raise SegkitError(f"postprocess is '{value}'; expected null, auto, tuned, or a mapping of post-processing keys")
         from segkit.inference.files import load_postprocess
 
         post, source = load_postprocess(None, ckpt)
+        if post is None and value == "auto":
+            return None, f"none (argmax; no {rundir.POSTPROCESS} next to the checkpoint)"
         if post is None:
             raise SegkitError(f"postprocess=tuned but '{rundir.postprocess_file(ckpt)}' does not exist; run segkit.tune_postprocess first")
         return post, source

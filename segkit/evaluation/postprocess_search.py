@@ -25,6 +25,7 @@ from segkit.evaluation.metrics import confusion_matrix
 from segkit.inference import postprocess
 from segkit.inference.load import load_network, resolve_device
 from segkit.inference.predictor import predict_probs
+from segkit.logs import say
 
 
 def score(probs: list[np.ndarray], masks: list[np.ndarray], post: dict, class_names: list[str], ignore_index: int, metric: str) -> float:
@@ -68,24 +69,41 @@ def tune(probs: list[np.ndarray], masks: list[np.ndarray], class_names: list[str
 
 
 def run_tune(cfg: DictConfig) -> dict[str, Any]:
+    grid = OmegaConf.to_container(cfg.grid, resolve=True)
+    return tune_checkpoint(Path(str(cfg.ckpt_path)), str(cfg.metric), str(cfg.device), grid, cfg=cfg)
+
+
+def default_grid() -> dict[str, Any]:
+    """The grid of ``conf/tune_postprocess.yaml`` (read as data)."""
+    from segkit import CONF_DIR
+
+    return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "tune_postprocess.yaml").grid, resolve=True)
+
+
+def tune_checkpoint(ckpt: Path, metric: str, device: str = "auto", grid: dict[str, Any] | None = None,
+                    cfg: DictConfig | None = None, dm: Any | None = None) -> dict[str, Any]:
+    """Tune post-processing for ``ckpt`` on its run's validation split, write ``postprocess.json`` next to it,
+    print before/after; ``dm`` (a prepared datamodule of the same data and split) saves reading it again."""
     started = time.perf_counter()
-    ckpt = Path(str(cfg.ckpt_path))
-    module = load_network(ckpt, resolve_device(str(cfg.device)))
-    dm, source = eval_data(cfg, ckpt)
-    dm.prepare()
+    module = load_network(ckpt, resolve_device(device))
+    if dm is None:
+        dm, source = eval_data(cfg if cfg is not None else OmegaConf.create({"data": None}), ckpt)
+        dm.prepare()
+    else:
+        source = "the training run's data"
     if not dm.split.get("val"):
         raise SegkitError(f"data '{dm.name}' has no validation split; expected one (post-processing is tuned on validation, never on test)")
     images, masks, stems = dm.arrays("val")
     probs = [predict_probs(module, im).numpy() for im in images]
     names = list(module.class_names)
     object_ids = [names.index(c) for c in dm.object_classes if c in names]
-    grid = OmegaConf.to_container(cfg.grid, resolve=True)
-    chosen, before, after, trials = tune(probs, masks, names, object_ids, dm.ignore_index, str(cfg.metric), grid)
-    record = {"postprocess": chosen, "metric": str(cfg.metric), "split": "val", "num_images": len(stems),
+    grid = grid if grid is not None else default_grid()
+    chosen, before, after, trials = tune(probs, masks, names, object_ids, dm.ignore_index, metric, grid)
+    record = {"postprocess": chosen, "metric": metric, "split": "val", "num_images": len(stems),
               "before": before, "after": after, "grid": grid, "trials": trials, "data_source": source,
               "wall_time_s": round(time.perf_counter() - started, 2)}
     path = rundir.postprocess_file(ckpt)
     path.write_text(json.dumps(record, indent=2, default=float) + "\n")
-    print(f"validation {cfg.metric}: {before:.4f} before, {after:.4f} after post-processing {json.dumps(chosen)}")
-    print(f"written to {path} (segkit.predict uses it by default)", flush=True)
+    say(f"validation {metric}: {before:.4f} before, {after:.4f} after post-processing {json.dumps(chosen)}")
+    say(f"written to {path} (segkit.predict and segkit.eval use it by default)")
     return record

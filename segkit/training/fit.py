@@ -118,7 +118,15 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
     if cfg.data.get("class_names") is None or cfg.data.get("num_classes") is None:  # named by the data (codes.txt)
         with open_dict(cfg):
             cfg.data.class_names, cfg.data.num_classes = list(dm.class_names), dm.num_classes
-    record = plan_for(cfg, dm)  # plan=auto: the data's fingerprint and the budget choose what the user left open
+    record = None
+    if cfg.get("ckpt_path") is not None and str(cfg.get("plan", "auto")) != "off":
+        # a resume keeps its run's plan (plan.yaml); a run started from a checkpoint keeps the checkpoint's shapes
+        if not rundir.RunDir(output_dir).plan.is_file():
+            with open_dict(cfg):
+                cfg.plan = "report"
+            record = plan_for(cfg, dm)
+    else:
+        record = plan_for(cfg, dm)  # plan=auto: the data's fingerprint and the budget choose what the user left open
     if record is not None and rank_zero_only.rank == 0:
         write_plan(record, rundir.RunDir(output_dir).plan)
         say(f"plan ({record['mode']}; python -m segkit.plan shows it without training):\n{record['table']}")
@@ -146,8 +154,10 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
         trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=True if best else None, verbose=False)
         metrics.update(_stage_metrics(trainer, module, "test"))
 
+    tuning = tune_after_training(cfg, trainer, dm, best) if trainer.is_global_zero else None
     summary = {
         "metrics": {k: _finite(v) for k, v in sorted(metrics.items())},
+        "postprocess": tuning,
         "checkpoint": best,
         "best_epoch": _best_epoch(best),
         **_progress(trainer, checkpoint),
@@ -164,6 +174,23 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
         _print_summary(metrics, dm.class_names, summary)
         say(f"Run directory: {output_dir}")
     return metrics, {"datamodule": dm, "module": module, "trainer": trainer, "summary": summary}
+
+
+def tune_after_training(cfg: DictConfig, trainer: pl.Trainer, dm: SegDataModule, best: str | None) -> dict[str, Any] | None:
+    """``postprocess_tuning=auto``: per-class probability thresholds, median filter and minimum object size for
+    the data's object classes, tuned on VALIDATION for ``optimized_metric`` (each knob kept only where it raises
+    it), written to ``postprocess.json`` next to the best checkpoint; eval and predict use it by default."""
+    metric = str(cfg.get("optimized_metric") or "val/miou")
+    if str(cfg.get("postprocess_tuning", "auto")) != "auto" or not best or not dm.object_classes or not dm.split.get("val"):
+        return None
+    if not (metric == "val/miou" or metric.startswith("val/iou/")):
+        say(f"post-processing not tuned: optimized_metric {metric} is not val/miou or val/iou/<class>")
+        return None
+    from segkit.evaluation.postprocess_search import tune_checkpoint
+
+    device = "cpu" if str(trainer.strategy.root_device.type) == "cpu" else "auto"
+    record = tune_checkpoint(Path(best), metric.removeprefix("val/"), device, dm=dm)
+    return {k: record[k] for k in ("postprocess", "metric", "split", "before", "after")}
 
 
 def hparam_summary(cfg: DictConfig) -> dict[str, Any]:
