@@ -222,11 +222,17 @@ class BudgetSchedule(pl.Callback):
             return
         self.stop_step, self.every = int(plan[0]), int(plan[1])
         if epoch_end:
-            validate_next = self._since_val + 1 >= self.every
+            last_by_epochs = trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 2
+            validate_next = self._since_val + 1 >= self.every or last_by_epochs
             nxt = trainer.current_epoch + 1  # Lightning validates epoch e when (e + 1) % n == 0
             # set when the next epoch starts: the checkpoint callback still reads this epoch's value at its end
             self._next_cadence = 1 if validate_next else nxt + 2
-            if step >= self.stop_step:
+            capped = trainer.max_epochs is not None and 0 < trainer.max_epochs <= nxt  # Lightning stops here anyway
+            if step >= self.stop_step and not self._validated_this_epoch and not capped:
+                # the plan ran out at an epoch's end that did not validate: one more step, then the validation
+                # that every run ends with (stopping here would leave the annealed weights unvalidated)
+                self.stop_step, self._next_cadence = step + 1, 1
+            elif step >= self.stop_step:
                 trainer.should_stop = True
 
     def _set_lr(self, trainer: pl.Trainer) -> None:

@@ -150,3 +150,26 @@ def test_an_epoch_limit_given_with_the_budget_caps_the_plan():
             cb.on_train_batch_end(trainer, None, None, None, b)
         cb.on_train_epoch_end(trainer, None)
     assert cb.stop_step == 40 and lrs[-1] < 0.01 * 0.02  # annealed at the 4th epoch's end, not at the hour
+
+
+def test_a_plan_that_runs_out_at_an_unvalidated_epoch_end_still_ends_with_a_validation():
+    clock = Clock()
+    trainer, cb = FakeTrainer(0.01), BudgetSchedule(100.0, clock=clock)
+    trainer.num_training_batches = 10
+    cb.on_fit_start(trainer, None)
+    cb.on_train_epoch_start(trainer, None)
+    for b in range(10):
+        cb.on_train_batch_start(trainer, None, None, b)
+        clock.t += 1.0
+        trainer.global_step += 1
+        cb.on_train_batch_end(trainer, None, None, None, b)
+    cb.val_s, cb.stop_step, cb._progress = 95.0, 10, 1.0  # the plan ran out exactly at this epoch's end
+    cb.on_train_epoch_end(trainer, None)
+    assert not trainer.should_stop and cb.stop_step == 11  # one more step...
+    trainer.current_epoch = 1
+    cb.on_train_epoch_start(trainer, None)
+    assert trainer.check_val_every_n_epoch == 1  # ...in an epoch that validates
+    cb.on_train_batch_start(trainer, None, None, 0)
+    trainer.global_step += 1
+    cb.on_train_batch_end(trainer, None, None, None, 0)
+    assert trainer.should_stop and trainer.check_val_every_n_epoch == 1  # stops part-way, and Lightning validates
