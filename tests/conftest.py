@@ -34,7 +34,6 @@ TINY_DATA = [
     "trainer.enable_model_summary=false",
     "trainer.log_every_n_steps=1",
     "callbacks.progress_bar=null",
-    "postprocess_tuning=off",  # tested in tests/test_train.py: it costs each tiny run a grid search
 ]
 
 TINY_MODELS = {
