@@ -204,6 +204,7 @@ def test_cli_without_a_checkpoint_prints_the_usage(tmp_path, module):
     assert _run_folders(tmp_path, module) == []
 
 
+@pytest.mark.slow  # CLI/multi-process: tens of seconds; make test-slow (CI) runs it
 def test_cli_sweep_keeps_its_failed_trials_records(tmp_path):
     sweep = tmp_path / "sweep"
     proc = _cli(tmp_path, "train", "-m", "lr=abc,-1", f"hydra.sweep.dir={sweep}")

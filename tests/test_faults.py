@@ -183,6 +183,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert json.loads((run / "splits.json").read_text())["val"] == json.loads((tmp_path / "full" / "splits.json").read_text())["val"]
 
 
+@pytest.mark.slow  # CLI/multi-process: tens of seconds; make test-slow (CI) runs it
 def test_resume_refuses_a_different_config_group(tmp_path):
     first = _cli(tmp_path, *CLI_TINY, "trainer.max_epochs=1", "hydra.run.dir=" + str(tmp_path / "r1"))
     assert first.returncode == 0, first.stderr[-2000:]
@@ -193,6 +194,7 @@ def test_resume_refuses_a_different_config_group(tmp_path):
 
 
 # ---------------------------------------------------------------- sweeps: failures recorded, the sweep goes on
+@pytest.mark.slow  # CLI/multi-process: tens of seconds; make test-slow (CI) runs it
 def test_a_failed_sweep_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
     out = _cli(tmp_path, "-m", *[o for o in CLI_TINY if not o.startswith("model.base_width")], "trainer.max_epochs=1",

@@ -124,6 +124,7 @@ def test_mixed_precision_request_on_cpu_trains_in_fp32(tmp_path, capsys, monkeyp
     assert objects["trainer"].precision == "32-true"
 
 
+@pytest.mark.slow  # CLI/multi-process: tens of seconds; make test-slow (CI) runs it
 def test_multirun_sweeps_lr_through_the_cli(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "segkit.train", "-m", "lr=1e-3,1e-4", *TINY_DATA, *TINY_MODELS["unet"],
@@ -143,6 +144,7 @@ def test_multirun_sweeps_lr_through_the_cli(tmp_path):
     assert lrs == [1e-3, 1e-4]
 
 
+@pytest.mark.slow  # CLI/multi-process: tens of seconds; make test-slow (CI) runs it
 def test_two_process_ddp_cpu_validation_equals_a_single_process_evaluation(tmp_path):
     """``trainer=ddp_cpu`` (2 processes, each validating its own shard, 3 val images so the shards are
     uneven) must report the same pooled metrics as one process validating best.ckpt on all the images."""
