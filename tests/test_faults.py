@@ -179,7 +179,8 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
         if value is not None:
             assert b["metrics"][key] == pytest.approx(value, abs=1e-5), key
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
-    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) >= 2  # the same TensorBoard run continued
+    (tb_run,) = [p for p in (run / "tensorboard").iterdir() if p.is_dir()]  # one run, named by the first command's overrides
+    assert len(list(tb_run.glob("events.out.tfevents.*"))) >= 2  # the same TensorBoard run continued
     assert json.loads((run / "splits.json").read_text())["val"] == json.loads((tmp_path / "full" / "splits.json").read_text())["val"]
 
 
