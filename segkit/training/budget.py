@@ -82,7 +82,6 @@ class BudgetSchedule(pl.Callback):
         self.every = 1
         self.fit_elapsed: float | None = None  # seconds from the start of the run to the end of fit
         self._t0 = 0.0
-        self._val_t0: float | None = None
         self.fixed_s: float | None = None  # seconds an epoch costs beyond its steps when it does not validate
         self._epoch_mark = 0.0  # clock at the previous epoch's end (or the start)
         self._prev_end: float | None = None  # clock at the previous batch's end in this epoch
@@ -165,14 +164,9 @@ class BudgetSchedule(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.fit_elapsed = self.elapsed()
 
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._val_t0 = self.clock()
-
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._val_t0 is not None and not trainer.sanity_checking:
+        if not trainer.sanity_checking:
             self._validated_this_epoch = True
-        self._val_t0 = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._since_val = 0 if self._validated_this_epoch else self._since_val + 1

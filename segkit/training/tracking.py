@@ -56,14 +56,6 @@ class SegkitMLFlowLogger(MLFlowLogger):
         super().__init__(*args, tracking_uri=tracking_uri, **kwargs)
 
 
-def tensorboard_writer(trainer: pl.Trainer):
-    """The run's TensorBoard ``SummaryWriter``, or None."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
-
-
 def _rank_zero(trainer: pl.Trainer) -> bool:
     return bool(getattr(trainer, "is_global_zero", True))
 
