@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.segkit-installed
 ARGS ?=
+OUT ?= gpu-report
 
-.PHONY: help install train test test-slow test-all bench lint format clean
+.PHONY: help install train test test-slow test-all bench gpu-check lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +34,9 @@ test-all: test test-slow  ## everything CI runs
 
 bench: install  ## benchmarks -> BENCHMARKS.md and benchmarks/results.json (QUICK=1: a <2 min smoke run for CI, figures meaningless)
 	$(PY) -m benchmarks.run $(if $(QUICK),--quick,)
+
+gpu-check:  ## on a GPU machine, <= 8 min: GPU tests, overhead, utilisation, pipeline, fp16 vs fp32 -> OUT=dir (default gpu-report)
+	$(PY) -m benchmarks.gpu_check $(OUT)
 
 lint: install  ## ruff
 	$(PY) -m ruff check segkit tests benchmarks

@@ -19,6 +19,18 @@ from segkit.training.module import SegModule
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+GPU_SKIP_REASON = "needs CUDA: torch.cuda.is_available() is False (make gpu-check runs these on a GPU machine)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu``-marked tests skip cleanly without CUDA (``pytest -m gpu`` on a CPU machine reports them skipped)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
 # Small enough that a whole training run takes seconds on 2 CPU cores.
 TINY_DATA = [
     "data.synthetic.num_images=8",
