@@ -19,8 +19,10 @@ Conventions used throughout this module:
 from __future__ import annotations
 
 import csv
+import functools
+import gc
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
 from segkit.errors import SegkitError
+from segkit.evaluation.object_stats import TiledObjects, _Progress, iter_windows
 
 __all__ = [
     "OBJECT_COLUMNS",
@@ -38,7 +41,9 @@ __all__ = [
     "compare_sizes",
     "instances",
     "match_objects",
+    "object_columns",
     "object_table",
+    "object_table_tiled",
     "size_distribution_test",
     "size_histogram_png",
     "write_objects_csv",
@@ -171,14 +176,225 @@ def _check_classes_known(ids: Iterable[int], inst_class: Mapping[int, int], name
         )
 
 
+def _check_pixel_size(pixel_size: float | None) -> None:
+    if pixel_size is not None and not (math.isfinite(pixel_size) and pixel_size > 0):
+        raise SegkitError(f"pixel_size is {pixel_size}; expected a positive number of micrometres per pixel")
+
+
+def _class_of(ids: np.ndarray, inst_class: Mapping[int, int], n_names: int, name: str) -> np.ndarray:
+    """Class id of every object id (vectorised :func:`_check_classes_known` and the class-name check)."""
+    if not ids.size:
+        return np.zeros(0, dtype=np.int64)
+    keys = np.fromiter((int(k) for k in inst_class), dtype=np.int64, count=len(inst_class))
+    vals = np.fromiter((int(v) for v in inst_class.values()), dtype=np.int64, count=len(inst_class))
+    order = np.argsort(keys, kind="stable")
+    keys, vals = keys[order], vals[order]
+    pos = np.clip(np.searchsorted(keys, ids), 0, max(keys.size - 1, 0))
+    found = (keys[pos] == ids) if keys.size else np.zeros(ids.size, dtype=bool)
+    if not found.all():
+        _check_classes_known(ids[~found][:6].tolist(), inst_class, name)
+    cls = vals[pos]
+    bad = (cls < 0) | (cls >= n_names)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise SegkitError(
+            f"object {int(ids[i])} has class {int(cls[i])}; expected a class id below {n_names} (the number of class names)"
+        )
+    return cls
+
+
+def _rows(cols: Mapping[str, np.ndarray], class_of: np.ndarray, class_names: Sequence[str],
+          pixel_size: float | None, image: str) -> list[dict[str, Any]]:
+    """:data:`OBJECT_COLUMNS` (+ :data:`UM_COLUMNS`) rows from :class:`TiledObjects` columns."""
+    n = int(cols["id"].size)
+    if not n:
+        return []
+    names = np.array(list(class_names), dtype=object)[class_of].tolist()
+    values: list[list[Any]] = [
+        [image] * n,
+        cols["id"].tolist(),
+        names,
+        cols["area"].tolist(),
+        cols["perimeter"].tolist(),
+        cols["centroid_y"].tolist(),
+        cols["centroid_x"].tolist(),
+        cols["major_axis"].tolist(),
+        cols["minor_axis"].tolist(),
+        cols["eccentricity"].tolist(),
+        cols["solidity"].tolist(),
+        cols["touches_border"].tolist(),
+    ]
+    keys: tuple[str, ...] = OBJECT_COLUMNS
+    if pixel_size is not None:
+        values += [
+            (cols["area"] * pixel_size**2).tolist(),
+            (cols["perimeter"] * pixel_size).tolist(),
+            (cols["major_axis"] * pixel_size).tolist(),
+            (cols["minor_axis"] * pixel_size).tolist(),
+        ]
+        keys = OBJECT_COLUMNS + UM_COLUMNS
+    make = _row_maker(keys)
+    paused = gc.isenabled()
+    gc.disable()  # a million small dicts would otherwise trigger many full collections
+    try:
+        return list(map(make, *values))
+    finally:
+        if paused:
+            gc.enable()
+
+
+@functools.cache
+def _row_maker(keys: tuple[str, ...]) -> Callable[..., dict[str, Any]]:
+    """``f(v0, v1, ...) -> {keys[0]: v0, ...}`` as one dict display (constant keys: about twice as fast
+    as ``dict(zip(keys, values))``)."""
+    if not set(keys) <= set(OBJECT_COLUMNS + UM_COLUMNS):  # only this module's own column names reach eval
+        raise ValueError(f"unknown object columns {sorted(set(keys) - set(OBJECT_COLUMNS + UM_COLUMNS))}")
+    args = ", ".join(f"v{i}" for i in range(len(keys)))
+    body = ", ".join(f"{k!r}: v{i}" for i, k in enumerate(keys))
+    return eval(f"lambda {args}: {{{body}}}")  # noqa: S307 - keys are this module's column names
+
+
+#: Objects above which a long measurement shows a progress bar (only when stderr is a terminal).
+PROGRESS_MIN_OBJECTS = 200_000
+
+
+def _measure(acc: TiledObjects, windows: Iterable[tuple[int, int, np.ndarray]], n_tiles: int,
+             progress: bool | None, desc: str) -> dict[str, np.ndarray]:
+    bar = _Progress(n_tiles, progress, PROGRESS_MIN_OBJECTS, desc)
+    try:
+        for y0, x0, win in windows:
+            acc.add(y0, x0, win)
+            bar.update(acc.objects_seen)
+    finally:
+        bar.close()
+    return acc.columns()
+
+
+def _strip_rows(width: int) -> int:
+    """Rows per strip of a whole-image measurement: about 2^21 pixels, so temporaries stay in cache."""
+    return max(16, (1 << 21) // max(width, 1))
+
+
+def object_columns(inst: np.ndarray, *, progress: bool | None = None) -> dict[str, np.ndarray]:
+    """:class:`~segkit.evaluation.object_stats.TiledObjects` columns of an instance map (no class
+    checks, one numpy array per column), measured in full-width strips."""
+    inst = _check_label_map(inst, "the instance map")
+    if inst.dtype == bool:
+        inst = inst.astype(np.uint8)
+    height, width = inst.shape
+    acc = TiledObjects(inst.shape)
+    if inst.size == 0:
+        return acc.columns()
+    rows = _strip_rows(width)
+    windows = iter_windows(inst, inst.shape, (rows, width))
+    return _measure(acc, windows, -(-height // rows), progress, "measuring objects")
+
+
 def object_table(
     inst: np.ndarray,
     inst_class: Mapping[int, int],
     class_names: Sequence[str],
     pixel_size: float | None = None,
     image: str = "",
+    *,
+    progress: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per object of an instance map, measured by ``skimage.measure.regionprops``.
+    """One row per object of an instance map, with the values of ``skimage.measure.regionprops``.
+
+    Columns (:data:`OBJECT_COLUMNS`): ``image``, ``id``, ``class`` (the name ``class_names[class_id]``),
+    ``area`` (pixels), ``perimeter`` (pixels; regionprops' ``perimeter``, the length of the
+    4-connected boundary with diagonal steps weighted by √2), ``centroid_y``/``centroid_x`` (row and
+    column of the pixel centres' mean, pixel (0, 0) at 0), ``major_axis``/``minor_axis`` (lengths of
+    the axes of the ellipse with the same second moments), ``eccentricity`` (0 circle, 1 line) and
+    ``solidity`` (area / convex-hull area) and ``touches_border`` (``True`` when a pixel of the object lies
+    in the first or last row or column: the image cuts it, so its size is a lower bound). With ``pixel_size`` (micrometres per pixel)
+    :data:`UM_COLUMNS` follow: ``area_um2``, ``perimeter_um``, ``major_axis_um``, ``minor_axis_um``.
+    Rows come in increasing id order.
+
+    Measured without a loop over objects (:mod:`segkit.evaluation.object_stats`: runs, ``np.bincount``,
+    shifted comparisons for the perimeter, a vectorised hull for the convex area), about 100 times
+    faster than one regionprops call per object; the values equal regionprops' (``area``, ``solidity``
+    and ``touches_border`` exactly; the others to float rounding, see ``tests/evaluation/test_objects_fast.py``).
+    A progress bar (tqdm, on stderr) appears when stderr is a terminal and the map holds more than
+    :data:`PROGRESS_MIN_OBJECTS` objects; ``progress=True``/``False`` forces it on or off.
+    """
+    inst = _check_label_map(inst, f"the instance map of '{image}'" if image else "the instance map")
+    _check_pixel_size(pixel_size)
+    cols = object_columns(inst, progress=progress)
+    ids = cols["id"]
+    cls = _class_of(ids, inst_class, len(class_names), "the instance map")
+    keep = ids > 0  # negative ids need a class, as before, but regionprops gives them no row
+    if not keep.all():
+        cols = {k: v[keep] for k, v in cols.items()}
+        cls = cls[keep]
+    return _rows(cols, cls, class_names, pixel_size, image)
+
+
+def object_table_tiled(
+    source: Any,
+    shape: tuple[int, int],
+    class_names: Sequence[str],
+    inst_class: Mapping[int, int] | None = None,
+    *,
+    object_classes: Sequence[int] | None = None,
+    tile: int | tuple[int, int] = 1024,
+    pixel_size: float | None = None,
+    image: str = "",
+    progress: bool | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`object_table` of a map too large to hold, measured tile by tile and merged exactly.
+
+    ``source`` is an array-like (a numpy array, a memory map, a zarr array: anything sliceable) or a
+    window reader ``read(y0, y1, x0, x1) -> array``; ``shape`` is the map's ``(height, width)``.
+    Each tile is read with a 2-pixel frame (:data:`~segkit.evaluation.object_stats.HALO`).
+
+    * With ``inst_class`` the map is an **instance map** (object ids, ``{id: class}``): the rows equal
+      ``object_table(map, inst_class, class_names, ...)``.
+    * With ``object_classes`` it is a **class map**: the objects are the 8-connected components of
+      those classes, labelled per tile and joined across tile seams by a union-find; ids and rows
+      equal ``object_table(*instances(map, object_classes), class_names, ...)`` (watershed splitting
+      with an ``edge_class`` is not available tile by tile).
+    """
+    if (inst_class is None) == (object_classes is None):
+        raise SegkitError("object_table_tiled needs exactly one of inst_class (an instance map) or "
+                          "object_classes (a class map)")
+    _check_pixel_size(pixel_size)
+    height, width = (int(s) for s in shape)
+    if object_classes is not None:
+        classes = [int(c) for c in object_classes]
+        if not classes:
+            raise SegkitError("object_classes is empty; expected at least one class id that makes objects")
+        if 0 in classes:
+            raise SegkitError(f"the background class 0 is in object_classes {classes}; expected it not to be")
+        for c in classes:
+            if not 0 <= c < len(class_names):
+                raise SegkitError(f"object class {c} has no name; expected a class id below {len(class_names)}")
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    acc = TiledObjects((height, width), object_classes)
+    n_tiles = -(-height // th) * -(-width // tw)
+    cols = _measure(acc, iter_windows(source, (height, width), tile), n_tiles, progress, "measuring objects")
+    if object_classes is not None:
+        cls = np.asarray(classes, dtype=np.int64)[cols["class_index"]]
+    else:
+        assert inst_class is not None
+        cls = _class_of(cols["id"], inst_class, len(class_names), "the instance map")
+        keep = cols["id"] > 0
+        if not keep.all():
+            cols = {k: v[keep] for k, v in cols.items()}
+            cls = cls[keep]
+    return _rows(cols, cls, class_names, pixel_size, image)
+
+
+def _object_table_reference(
+    inst: np.ndarray,
+    inst_class: Mapping[int, int],
+    class_names: Sequence[str],
+    pixel_size: float | None = None,
+    image: str = "",
+) -> list[dict[str, Any]]:
+    """The former :func:`object_table`: one ``skimage.measure.regionprops`` call per object (about
+    1,000 objects per second). Kept as the reference the vectorised table is tested against.
+
 
     Columns (:data:`OBJECT_COLUMNS`): ``image``, ``id``, ``class`` (the name ``class_names[class_id]``),
     ``area`` (pixels), ``perimeter`` (pixels; regionprops' ``perimeter``, the length of the
