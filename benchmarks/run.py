@@ -43,6 +43,25 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "gpu": gpu, "python": platform.python_version(), "load_average_1_5_15_min": load}
 
 
+def summary(results: dict) -> dict:
+    """The figures with targets, of one full run (a line of ``history.jsonl``)."""
+    tr = results["training"]
+    ov = {row["model"]: row["ratio"] for row in tr["overhead"]}
+    ef = tr["efficiency"]
+    base = ef["rows"]["channels_last, batch 8"]
+    return {"date": results["date"], "total_s": results["total_s"], "load_average_1_5_15_min": results["machine"]["load_average_1_5_15_min"],
+            "cpu": results["machine"]["cpu"], "overhead_unet": ov.get("unet"), "overhead_segnet": ov.get("segnet"),
+            "peak_gflop_per_s": ef["peak_gflop_per_s"], "plain_efficiency": base["efficiency"],
+            "segkit_efficiency": round(base["efficiency"] * ov.get("unet", float("nan")), 3),
+            "allocator_speedup": (tr.get("allocator") or {}).get("speedup")}
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="segkit benchmarks")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one round: a CI smoke test (under 2 minutes)")
@@ -67,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
             ("inference", lambda: inference_bench.run(quick=args.quick, threads=threads)),
             # last: it pins torch to one thread
             ("augmentation", lambda: augment_bench.run(quick=args.quick)),
+            # numpy only, one core (it sets OMP/BLAS threads to 1 for what follows, so it comes after everything else)
+            ("objects", lambda: __import__("benchmarks.objects_bench", fromlist=["run"]).run(quick=args.quick)),
         ]
         for name, fn in sections:
             torch.set_num_threads(threads)
@@ -84,6 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         md_path, json_path = out / "BENCHMARKS.md", out / "results.json"
     results = clean(results)
+    history = json_path.parent / "history.jsonl"
+    if not args.quick:  # one line per full run: BENCHMARKS.md shows the last three side by side
+        with history.open("a") as fh:
+            fh.write(json.dumps(summary(results), allow_nan=False) + "\n")
+    results["history"] = read_history(history)[-3:]
     json_path.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     text = render(results)
     md_path.write_text(text)

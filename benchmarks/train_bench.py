@@ -9,7 +9,12 @@ Every figure is a ratio of two timings taken side by side in this process, in in
 from __future__ import annotations
 
 import copy
+import json
+import os
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -32,7 +37,7 @@ from benchmarks.common import (
 )
 from segkit.evaluation.metrics import confusion_matrix
 from segkit.training.fit import build_module
-from segkit.training.module import SegModule
+from segkit.training.module import TRAIN_METRIC_STRIDE, SegModule
 from segkit.training.trainer import build_trainer
 
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -43,18 +48,36 @@ MODELS = {"unet": ["model=unet"], "segnet": ["model=segnet"]}
 SIZE, BATCH = 256, 8
 
 
+def usage() -> tuple[int, float]:
+    """(minor page faults, system CPU seconds) of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_minflt, r.ru_stime
+
+
 class StepTimer(pl.Callback):
-    """Records ``perf_counter`` at the end of every training batch (after the optimiser step)."""
+    """Records ``perf_counter`` (and page faults / system time) at the end of every training batch (after
+    the optimiser step)."""
 
     def __init__(self) -> None:
         self.ends: list[float] = []
+        self.usage: list[tuple[int, float]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.ends.append(now())
+        self.usage.append(usage())
 
 
 def step_deltas(ends: list[float], skip: int) -> list[float]:
     return [b - a for a, b in zip(ends[skip:], ends[skip + 1 :], strict=False)]
+
+
+def per_step_usage(marks: list[tuple[int, float]], skip: int) -> tuple[float, float]:
+    """Page faults and system seconds per step between the ``skip``-th mark and the last."""
+    if len(marks) <= skip + 1:
+        return float("nan"), float("nan")
+    (f0, s0), (f1, s1) = marks[skip], marks[-1]
+    n = len(marks) - 1 - skip
+    return (f1 - f0) / n, (s1 - s0) / n
 
 
 class SegkitLoop:
@@ -77,16 +100,19 @@ class SegkitLoop:
         timer = StepTimer()
         trainer.callbacks.append(timer)
         trainer.fit(self.module, train_dataloaders=self.loader, val_dataloaders=self.val_loader)
+        self.usage = timer.usage
         return timer.ends
 
 
-def plain_ends(step: PlainStep, loader, steps: int) -> list[float]:
+def plain_ends(step: PlainStep, loader, steps: int, marks: list | None = None) -> list[float]:
     ends = []
     for i, batch in enumerate(loader):
         if i >= steps:
             break
         step(batch["image"], batch["mask"])
         ends.append(now())
+        if marks is not None:
+            marks.append(usage())
     return ends
 
 
@@ -99,14 +125,25 @@ def overhead(model: str, rounds: int, steps: int, size: int = SIZE, skip: int = 
     seg = SegkitLoop(tmp / model, model, loader, steps)
     mean, std = data_stub().norm_mean_std
     plain = PlainStep(copy.deepcopy(seg.module.net), seg.module.criterion, mean, std)
-    seg_t, plain_t = [], []
+    seg_t, plain_t, round_ratios = [], [], []
+    seg_use, plain_use = [], []
     for _ in range(rounds):
-        seg_t += step_deltas(seg.run(), skip)
-        plain_t += step_deltas(plain_ends(plain, loader, steps), skip)
+        st = step_deltas(seg.run(), skip)
+        seg_use.append(per_step_usage(seg.usage, skip))
+        marks: list = []
+        pt = step_deltas(plain_ends(plain, loader, steps, marks), skip)
+        plain_use.append(per_step_usage(marks, skip))
+        seg_t += st
+        plain_t += pt
+        round_ratios.append(round(median(pt) / median(st), 3))
     s, p = median(seg_t), median(plain_t)
     return {"model": model, "size": size, "batch": BATCH, "segkit_step_s": round(s, 4), "plain_step_s": round(p, 4),
             "segkit_images_per_s": round(BATCH / s, 2), "plain_images_per_s": round(BATCH / p, 2),
-            "ratio": round(p / s, 3), "steps_timed": len(seg_t)}
+            "ratio": round(p / s, 3), "round_ratios": round_ratios, "steps_timed": len(seg_t),
+            "segkit_faults_per_step": round(median([u[0] for u in seg_use])),
+            "plain_faults_per_step": round(median([u[0] for u in plain_use])),
+            "segkit_sys_s_per_step": round(median([u[1] for u in seg_use]), 4),
+            "plain_sys_s_per_step": round(median([u[1] for u in plain_use]), 4)}
 
 
 class FreeNet(torch.nn.Module):
@@ -154,12 +191,18 @@ def framework_cost(rounds: int, steps: int, size: int = SIZE, tmp: Path | None =
     target = masks[:BATCH].long()
     cm, lm = first.metrics["train_cm"], first.losses["train_loss"]
 
-    def metric_update() -> None:
+    k = TRAIN_METRIC_STRIDE
+
+    def metric_update() -> None:  # what SegModule._step does for a training batch
+        cm.update(logits[:, :, ::k, ::k].argmax(1), target[:, ::k, ::k])
+        lm.update(torch.tensor(1.0), weight=BATCH)
+
+    def metric_update_every_pixel() -> None:  # the same before training metrics were strided
         cm.update(logits.argmax(1), target)
         lm.update(torch.tensor(1.0), weight=BATCH)
 
     pred = logits.argmax(1)
-    secs = interleaved({"m": metric_update, "argmax": lambda: logits.argmax(1),
+    secs = interleaved({"m": metric_update, "m_full": metric_update_every_pixel, "argmax": lambda: logits.argmax(1),
                         "cm": lambda: confusion_matrix(pred, target, 3, 255),
                         "cm_before": lambda: confusion_matrix_before(pred, target, 3, 255)}, 2, 10)
     metric_s = secs["m"]
@@ -168,6 +211,7 @@ def framework_cost(rounds: int, steps: int, size: int = SIZE, tmp: Path | None =
         "plain_free_step_ms": round(1e3 * med["plain"], 2),
         "added_ms_per_step": {k: round(1e3 * (med[k] - med["plain"]), 2) for k in loops},
         "metric_update_ms": round(1e3 * metric_s, 2),
+        "metric_update_every_pixel_ms": round(1e3 * secs["m_full"], 2), "train_metric_stride": k,
         "argmax_ms": round(1e3 * secs["argmax"], 2),
         "confusion_matrix_ms": round(1e3 * secs["cm"], 2),
         "confusion_matrix_before_ms": round(1e3 * secs["cm_before"], 2),
@@ -185,11 +229,16 @@ def confusion_matrix_before(pred: torch.Tensor, target: torch.Tensor, num_classe
 
 
 # ---------------------------------------------------------------------------------------- efficiency
-def peak_conv(threads_note: bool = False) -> tuple[Callable[[], object], float]:
-    """The machine's peak: a large channels_last 3x3 convolution forward (N=8, 64->64, 256x256, fp32)."""
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
-    x = torch.randn(8, 64, 256, 256).contiguous(memory_format=torch.channels_last)
-    flops = 2 * 8 * 64 * 64 * 9 * 256 * 256
+#: (batch, channels in = out, size) of the 3x3 convolutions whose best forward rate is the machine's peak: the
+#: U-Net's own widths and resolutions (16-256 channels), so that no single shape's cache behaviour sets it
+PEAK_SHAPES = ((8, 32, 256), (8, 64, 256), (8, 128, 128), (8, 256, 64))
+
+
+def peak_conv(batch: int = 8, channels: int = 64, size: int = 256) -> tuple[Callable[[], object], float]:
+    """One peak candidate: a channels_last 3x3 convolution forward (fp32, no bias) and its FLOPs."""
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last)
+    flops = 2 * batch * channels * channels * 9 * size * size
 
     def fn() -> None:
         with torch.no_grad():
@@ -273,10 +322,11 @@ def efficiency(rounds: int, size: int = SIZE, compile_net: bool = True, tmp: Pat
             compile_note = "no C++ compiler: torch.compile not measured"
     else:
         compile_note = "skipped in --quick (compilation takes minutes on 2 cores)"
-    peak_fn, peak_flops = peak_conv()
-    fns = {"peak": peak_fn, **{k: (lambda st=st, b=b: st(*b)) for k, (st, b) in steps.items()}}
+    peaks = {f"{c}->{c} channels, {n} x {sz}x{sz}": peak_conv(n, c, sz) for n, c, sz in PEAK_SHAPES}
+    fns = {**{k: fn for k, (fn, _) in peaks.items()}, **{k: (lambda st=st, b=b: st(*b)) for k, (st, b) in steps.items()}}
     secs = interleaved(fns, warmup=1, repeats=rounds)
-    peak = peak_flops / secs["peak"]
+    peak_rates = {k: peaks[k][1] / secs[k] for k in peaks}
+    peak = max(peak_rates.values())
     rows = {k: {"step_s": round(secs[k], 4), "gflop_per_step": round(flops[k] / 1e9, 1),
                 "gflop_per_s": round(flops[k] / secs[k] / 1e9, 2),
                 "images_per_s": round(len(steps[k][1][0]) / secs[k], 2),
@@ -287,7 +337,8 @@ def efficiency(rounds: int, size: int = SIZE, compile_net: bool = True, tmp: Pat
     conv_flops = {"forward": sum(v for k, v in by_op.items() if "convolution" in k and "backward" not in k),
                   "backward": sum(v for k, v in by_op.items() if "convolution_backward" in k)}
     conv_eff = {d: round(conv_flops[d] / max(shares[f"convolution {d}"] * step_s, 1e-9) / peak, 3) for d in conv_flops}
-    return {"size": size, "peak_gflop_per_s": round(peak / 1e9, 2), "rows": rows, "op_shares": shares, "conv_efficiency": conv_eff,
+    return {"size": size, "peak_gflop_per_s": round(peak / 1e9, 2), "peak_candidates_gflop_per_s":
+            {k: round(v / 1e9, 2) for k, v in peak_rates.items()}, "rows": rows, "op_shares": shares, "conv_efficiency": conv_eff,
             "conv_flop_share": round(sum(conv_flops.values()) / max(flops["channels_last, batch 8"], 1.0), 3),
             "compile_s": compile_s, "compile_note": compile_note, "threads": torch.get_num_threads()}
 
@@ -336,6 +387,29 @@ class ValTimer(pl.Callback):
         self.deltas.append(now() - self._t)
 
 
+# -------------------------------------------------------------------------------------- allocator
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def allocator(rounds: int, steps: int, size: int, threads: int) -> dict:
+    """glibc's default allocator vs segkit's tuned one: plain U-Net steps in fresh processes, alternating
+    (default, tuned, default, tuned, ...), so load hits both alike."""
+    runs: dict[str, list[dict]] = {"default": [], "tuned": []}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    for _ in range(rounds):
+        for mode in runs:
+            out = subprocess.run([sys.executable, "-m", "benchmarks.alloc_probe", mode, str(steps),
+                                  str(size), str(threads)], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+            runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    res = {"size": size, "batch": BATCH, "processes_per_mode": rounds, "steps_per_process": steps}
+    for mode, rs in runs.items():
+        res[mode] = {"step_s": round(median([t for r in rs for t in r["step_s"]]), 4),
+                     "faults_per_step": round(median([r["faults_per_step"] for r in rs])),
+                     "sys_s_per_step": round(median([r["sys_s_per_step"] for r in rs]), 4), "note": rs[0]["note"]}
+    res["speedup"] = round(res["default"]["step_s"] / res["tuned"]["step_s"], 3)
+    return res
+
+
 # -------------------------------------------------------------------------------------- precision
 def precision(repeats: int = 2, shapes: tuple[tuple[int, int], ...] = ((2, 64),)) -> dict:
     """U-Net training step in fp32 vs bf16 autocast on this CPU (small shapes), and what
@@ -382,13 +456,13 @@ def run(quick: bool = False, tmp: Path | None = None) -> dict:
     out["validation"] = validation(1 if quick else 3, 128 if quick else 512, 2 if quick else 4, tmp=tmp)
     out["precision"] = precision(1, ((2, 64),)) if quick else precision(2, ((2, 64), (8, 256)))
     out["timing_s"]["validation_precision"] = round(now() - t, 1)
+    t = now()
+    out["allocator"] = allocator(1 if quick else 3, 2 if quick else 5, size, torch.get_num_threads())
+    out["timing_s"]["allocator"] = round(now() - t, 1)
     return out
 
 
 if __name__ == "__main__":
-    import json
-    import sys
-
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="segkit-bench-"))
     try:

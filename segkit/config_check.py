@@ -125,6 +125,7 @@ RULES: list[tuple[str, Check, str]] = [
     ("lr", positive, "a positive number such as 1e-3"),
     ("plan", one_of("auto", "report", "off"), "auto, report or off"),
     ("postprocess_tuning", one_of("auto", "off"), "auto or off"),
+    ("cpu_allocator", one_of("tuned", "default"), "tuned or default"),
     ("budget", _budget, "a wall-clock duration such as 45m, 2h, 1h30m or 90s (a bare number is minutes), or null"),
     ("budget_schedule.warmup", fraction, "a fraction in [0, 1) such as 0.03"),
     ("budget_schedule.final_lr_ratio", fraction, "a fraction in [0, 1) such as 0.001"),

@@ -22,11 +22,13 @@ from segkit import CONF_DIR
 from segkit.config_check import check_config
 from segkit.errors import exit_on_user_error
 from segkit.evaluation.evaluate import run_eval
+from segkit.runtime import tune_allocator
 from segkit.training.cleanup import discard_unused_run_dir
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def main(cfg: DictConfig) -> float | None:
+    tune_allocator(str(cfg.get("cpu_allocator", "tuned")))  # tiles' activations reused from the heap (segkit.runtime)
     with exit_on_user_error(), discard_unused_run_dir():
         check_config(cfg, "eval")
         result = run_eval(cfg)

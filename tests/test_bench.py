@@ -73,3 +73,27 @@ def test_bench_quick_writes_every_section(tmp_path: Path) -> None:
     assert {"machine", "training", "pipeline", "inference", "augmentation"} <= set(results)
     assert results["quick"] is True
     assert torch.__version__ == results["machine"]["torch"]
+    al = results["training"]["allocator"]
+    assert al["default"]["step_s"] > 0 and al["tuned"]["step_s"] > 0
+    assert al["speedup"] == round(al["default"]["step_s"] / al["tuned"]["step_s"], 3)
+    assert "reused from the heap" in al["tuned"]["note"] or "not tuned" in al["tuned"]["note"]
+    for row in results["training"]["overhead"]:
+        assert len(row["round_ratios"]) == 1 and row["segkit_faults_per_step"] >= 0
+    assert len(results["training"]["efficiency"]["peak_candidates_gflop_per_s"]) == 4
+    assert not (tmp_path / "history.jsonl").exists()  # quick runs are not measurements: no history line
+
+
+def test_history_lines_hold_the_targets_figures(tmp_path: Path) -> None:
+    from benchmarks.run import read_history, summary
+
+    results = {"date": "2026-12-01T10:00:00", "total_s": 400.0, "machine": {"load_average_1_5_15_min": [0.1, 0.2, 0.3], "cpu": "x"},
+               "training": {"overhead": [{"model": "unet", "ratio": 0.98}, {"model": "segnet", "ratio": 0.96}],
+                            "efficiency": {"peak_gflop_per_s": 150.0, "rows": {"channels_last, batch 8": {"efficiency": 0.8}}},
+                            "allocator": {"speedup": 1.1}}}
+    line = summary(results)
+    assert (line["overhead_unet"], line["overhead_segnet"], line["allocator_speedup"]) == (0.98, 0.96, 1.1)
+    assert line["segkit_efficiency"] == round(0.8 * 0.98, 3)
+    path = tmp_path / "history.jsonl"
+    path.write_text(json.dumps(line) + "\n" + json.dumps({**line, "overhead_unet": 0.5}) + "\n")
+    assert [h["overhead_unet"] for h in read_history(path)] == [0.98, 0.5]
+    assert read_history(tmp_path / "missing.jsonl") == []

@@ -12,6 +12,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from segkit.logs import quiet_lightning
+from segkit.runtime import tune_allocator
 from segkit.training.checkpointing import AtomicCheckpointIO
 from segkit.training.job import _multirun_job, _processes_created_externally
 from segkit.training.module import SegModule
@@ -24,6 +25,7 @@ def _plain(node: Any) -> Any:
 
 def build_trainer(cfg: DictConfig, module: SegModule | None = None) -> pl.Trainer:
     quiet_lightning()  # no adverts for other products in the console or train.log
+    tune_allocator(str(cfg.get("cpu_allocator", "tuned")))  # activations reused from the heap, not re-mapped each step
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(lg, **_run_name(lg, cfg)) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer_cfg = _plain(cfg.trainer)

@@ -59,3 +59,22 @@ def test_swapping_the_network_takes_its_stride_along():
     module.net = patch
     assert module.network.net is patch and module.stride == 1
     assert module(torch.zeros(1, 3, 5, 7, dtype=torch.uint8)).shape == (1, 2, 5, 7)
+
+
+def test_training_metrics_count_every_second_pixel_and_validation_every_pixel():
+    module = SegModule(model={"name": "unet", "in_channels": 3, "num_classes": 2, "depth": 2, "base_width": 2},
+                       optimizer={"_target_": "torch.optim.Adam"}, loss={"name": "ce"}, class_names=["a", "b"])
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randint(0, 256, (2, 3, 12, 9), dtype=torch.uint8, generator=g),
+             "mask": torch.randint(0, 2, (2, 12, 9), dtype=torch.uint8, generator=g)}
+    with torch.no_grad():
+        module._step(batch, "train")
+        module._step(batch, "val")
+        logits = module(batch["image"])
+    train_cm, val_cm = module.metrics["train_cm"].compute(), module.metrics["val_cm"].compute()
+    assert int(train_cm.sum()) == 2 * 6 * 5  # rows 0,2,..,10 x columns 0,2,..,8
+    assert int(val_cm.sum()) == 2 * 12 * 9
+    # the counted pixels are exactly the strided grid, truth in rows and prediction in columns
+    pred, truth = logits.argmax(1)[:, ::2, ::2].reshape(-1), batch["mask"][:, ::2, ::2].reshape(-1).long()
+    expected = torch.bincount(truth * 2 + pred, minlength=4).reshape(2, 2)
+    assert torch.equal(train_cm.long().cpu(), expected)
