@@ -39,21 +39,30 @@ def machine() -> dict:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    isa = None
+    try:  # the vector extensions decide the convolution peak and whether bf16 pays (AVX-512 BF16 / AMX)
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+        isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    except (OSError, StopIteration):
+        pass
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "gpu": gpu, "python": platform.python_version(), "load_average_1_5_15_min": load}
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "torch": torch.__version__, "gpu": gpu, "python": platform.python_version(), "load_average_1_5_15_min": load}
 
 
 def summary(results: dict) -> dict:
     """The figures with targets, of one full run (a line of ``history.jsonl``)."""
     tr = results["training"]
-    ov = {row["model"]: row["ratio"] for row in tr["overhead"]}
+    ov = {row["model"]: row["median_pair_ratio"] for row in tr["paired"]} if tr.get("paired") else \
+        {row["model"]: row["ratio"] for row in tr["overhead"]}
+    rounds = {row["model"]: row["ratio"] for row in tr["overhead"]}
     ef = tr["efficiency"]
     base = ef["rows"]["channels_last, batch 8"]
     return {"date": results["date"], "total_s": results["total_s"], "load_average_1_5_15_min": results["machine"]["load_average_1_5_15_min"],
             "cpu": results["machine"]["cpu"], "overhead_unet": ov.get("unet"), "overhead_segnet": ov.get("segnet"),
             "peak_gflop_per_s": ef["peak_gflop_per_s"], "plain_efficiency": base["efficiency"],
             "segkit_efficiency": round(base["efficiency"] * ov.get("unet", float("nan")), 3),
-            "allocator_speedup": (tr.get("allocator") or {}).get("speedup")}
+            "allocator_speedup": (tr.get("allocator") or {}).get("speedup"),
+            "rounds_unet": rounds.get("unet"), "rounds_segnet": rounds.get("segnet"), "isa": results["machine"].get("isa")}
 
 
 def read_history(path: Path) -> list[dict]:

@@ -104,6 +104,55 @@ class SegkitLoop:
         return timer.ends
 
 
+class PairedPlain(pl.Callback):
+    """Step-paired timing: after each segkit step (at ``on_train_batch_end``) one plain step runs on the same
+    batch, so segkit step ``i`` and plain step ``i`` alternate within one fit. A slow drift of the machine's
+    speed (other virtual machines on the host) then hits both alike, which separate rounds of several steps
+    do not guarantee. Background threads of the segkit loop (TensorBoard's writer, the progress bar's
+    refresh) run during both."""
+
+    def __init__(self, plain: PlainStep) -> None:
+        self.plain, self.segkit_s, self.plain_s, self._last = plain, [], [], None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        t = now()
+        if self._last is not None:
+            self.segkit_s.append(t - self._last)
+        self.plain(batch["image"], batch["mask"])
+        t2 = now()
+        self.plain_s.append(t2 - t)
+        self._last = now()
+
+
+def paired(model: str, steps: int, size: int = SIZE, tmp: Path | None = None) -> dict:
+    """segkit / plain from ``steps`` alternating steps in one fit (:class:`PairedPlain`): the median of the
+    per-pair ratios and the ratio of the median times; the first pair is dropped (warm-up)."""
+    tmp = Path(tmp or tempfile.mkdtemp(prefix="segkit-bench-"))
+    images, masks = synthetic_tensors(BATCH * (steps + 1), size, seed=2)
+    loader = tensor_loader(images, masks, BATCH)
+    seg = SegkitLoop(tmp / f"paired-{model}", model, loader, steps + 1)
+    mean, std = data_stub().norm_mean_std
+    cb = PairedPlain(PlainStep(copy.deepcopy(seg.module.net), seg.module.criterion, mean, std))
+    trainer = build_trainer(seg.cfg)
+    trainer.callbacks.append(cb)
+    trainer.fit(seg.module, train_dataloaders=loader, val_dataloaders=seg.val_loader)
+    seg_s, plain_s = cb.segkit_s[1:], cb.plain_s[2 : 1 + len(cb.segkit_s)]  # plain i+1 follows segkit i+1
+    pairs = [p / s for s, p in zip(seg_s, plain_s, strict=False)]
+    return {"model": model, "size": size, "batch": BATCH, "pairs": len(pairs),
+            "segkit_step_s": round(median(seg_s), 4), "plain_step_s": round(median(plain_s), 4),
+            "ratio_of_medians": round(median(plain_s) / median(seg_s), 3), "median_pair_ratio": round(median(pairs), 3),
+            "pair_ratio_quartiles": [round(q, 3) for q in _quartiles(pairs)]}
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float]:
+    import statistics
+
+    if len(xs) < 2:
+        return (float("nan"), float("nan"))
+    q = statistics.quantiles(xs, n=4)
+    return q[0], q[2]
+
+
 def plain_ends(step: PlainStep, loader, steps: int, marks: list | None = None) -> list[float]:
     ends = []
     for i, batch in enumerate(loader):
@@ -447,6 +496,7 @@ def run(quick: bool = False, tmp: Path | None = None) -> dict:
     t = now()
     out["overhead"] = [overhead("unet", 1 if quick else 3, 4 if quick else 6, size, tmp=tmp),
                        overhead("segnet", 1 if quick else 3, 4 if quick else 8, size, tmp=tmp)]
+    out["paired"] = [paired("unet", 4 if quick else 16, size, tmp=tmp), paired("segnet", 4 if quick else 12, size, tmp=tmp)]
     out["framework_cost"] = framework_cost(1 if quick else 3, 6 if quick else 15, size, tmp=tmp)
     out["timing_s"] = {"overhead": round(now() - t, 1)}
     t = now()
