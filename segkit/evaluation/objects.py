@@ -393,18 +393,8 @@ def _object_table_reference(
     image: str = "",
 ) -> list[dict[str, Any]]:
     """The former :func:`object_table`: one ``skimage.measure.regionprops`` call per object (about
-    1,000 objects per second). Kept as the reference the vectorised table is tested against.
-
-
-    Columns (:data:`OBJECT_COLUMNS`): ``image``, ``id``, ``class`` (the name ``class_names[class_id]``),
-    ``area`` (pixels), ``perimeter`` (pixels; regionprops' ``perimeter``, the length of the
-    4-connected boundary with diagonal steps weighted by √2), ``centroid_y``/``centroid_x`` (row and
-    column of the pixel centres' mean, pixel (0, 0) at 0), ``major_axis``/``minor_axis`` (lengths of
-    the axes of the ellipse with the same second moments), ``eccentricity`` (0 circle, 1 line) and
-    ``solidity`` (area / convex-hull area) and ``touches_border`` (``True`` when a pixel of the object lies
-    in the first or last row or column: the image cuts it, so its size is a lower bound). With ``pixel_size`` (micrometres per pixel)
-    :data:`UM_COLUMNS` follow: ``area_um2``, ``perimeter_um``, ``major_axis_um``, ``minor_axis_um``.
-    Rows come in increasing id order.
+    1,000 objects per second). Kept as the reference the vectorised table is tested against; its columns and
+    row order are those of :func:`object_table`.
     """
     inst = _check_label_map(inst, f"the instance map of '{image}'" if image else "the instance map")
     if pixel_size is not None and not (math.isfinite(pixel_size) and pixel_size > 0):
