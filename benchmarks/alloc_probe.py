@@ -5,20 +5,14 @@ Prints one JSON line."""
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 
 import torch
 
-from benchmarks.common import PlainStep, data_stub, synthetic_tensors
+from benchmarks.common import PlainStep, data_stub, per_step_usage, synthetic_tensors, usage
 
 BATCH = 8
-
-
-def usage() -> tuple[int, float]:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_minflt, r.ru_stime
 
 
 def _probe_allocator(mode: str, steps: int, size: int, threads: int) -> dict:
@@ -42,10 +36,8 @@ def _probe_allocator(mode: str, steps: int, size: int, threads: int) -> dict:
         step(x, m)
         times.append(time.perf_counter() - t)
         marks.append(usage())
-    faults, sys_s = (marks[-1][0] - marks[0][0]) / steps, (marks[-1][1] - marks[0][1]) / steps
+    faults, sys_s = per_step_usage(marks, 0)
     return {"mode": mode, "note": note, "step_s": times, "faults_per_step": faults, "sys_s_per_step": sys_s}
-
-
 
 if __name__ == "__main__":
     print(json.dumps(_probe_allocator(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -112,3 +113,18 @@ class PlainStep:
 
 def now() -> float:
     return time.perf_counter()
+
+
+def usage() -> tuple[int, float]:
+    """(minor page faults, system CPU seconds) of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_minflt, r.ru_stime
+
+
+def per_step_usage(marks: list[tuple[int, float]], skip: int) -> tuple[float, float]:
+    """Page faults and system seconds per step between the ``skip``-th :func:`usage` mark and the last."""
+    if len(marks) <= skip + 1:
+        return float("nan"), float("nan")
+    (f0, s0), (f1, s1) = marks[skip], marks[-1]
+    n = len(marks) - 1 - skip
+    return (f1 - f0) / n, (s1 - s0) / n

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,8 +31,10 @@ from benchmarks.common import (
     interleaved,
     median,
     now,
+    per_step_usage,
     synthetic_tensors,
     tensor_loader,
+    usage,
 )
 from segkit.evaluation.metrics import confusion_matrix
 from segkit.training.fit import build_module
@@ -46,12 +47,6 @@ warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
 
 MODELS = {"unet": ["model=unet"], "segnet": ["model=segnet"]}
 SIZE, BATCH = 256, 8
-
-
-def usage() -> tuple[int, float]:
-    """(minor page faults, system CPU seconds) of this process so far."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_minflt, r.ru_stime
 
 
 class StepTimer(pl.Callback):
@@ -69,15 +64,6 @@ class StepTimer(pl.Callback):
 
 def step_deltas(ends: list[float], skip: int) -> list[float]:
     return [b - a for a, b in zip(ends[skip:], ends[skip + 1 :], strict=False)]
-
-
-def per_step_usage(marks: list[tuple[int, float]], skip: int) -> tuple[float, float]:
-    """Page faults and system seconds per step between the ``skip``-th mark and the last."""
-    if len(marks) <= skip + 1:
-        return float("nan"), float("nan")
-    (f0, s0), (f1, s1) = marks[skip], marks[-1]
-    n = len(marks) - 1 - skip
-    return (f1 - f0) / n, (s1 - s0) / n
 
 
 class SegkitLoop:

@@ -28,9 +28,9 @@ from segkit.training.cleanup import discard_unused_run_dir
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    tune_allocator(str(cfg.get("cpu_allocator", "tuned")))  # tiles' activations reused from the heap (segkit.runtime)
     with exit_on_user_error(), discard_unused_run_dir():
         check_config(cfg, "eval")
+        tune_allocator(cfg.cpu_allocator)  # tiles' activations reused from the heap (segkit.runtime)
         result = run_eval(cfg)
     return result["pooled"]["miou"]
 

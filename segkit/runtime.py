@@ -11,7 +11,7 @@ section 7). The cost: memory freed by the process is kept for reuse rather than 
 so the resident size stays at the peak of what was in use, which for a training or prediction
 process is the size it reaches anyway.
 
-Set ``cpu_allocator: default`` (a top-level key of ``conf/train.yaml``) to keep glibc's behaviour, or
+Set ``cpu_allocator: default`` (a top-level key of ``conf/train.yaml``, ``conf/predict.yaml`` and ``conf/eval.yaml``) to keep glibc's behaviour, or
 ``MALLOC_MMAP_THRESHOLD_`` in the environment, which segkit then leaves alone. Other C libraries (musl,
 macOS, Windows) are left as they are.
 """
@@ -76,7 +76,3 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     return libc
 
-
-def allocator_note() -> str | None:
-    """What :func:`tune_allocator` did in this process (None before it ran)."""
-    return _state.get("done")

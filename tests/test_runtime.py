@@ -64,3 +64,12 @@ def test_config_check_names_the_key(tmp_path):
     cfg = compose_cfg(tmp_path, ["cpu_allocator=fast"])
     with pytest.raises(SegkitError, match="cpu_allocator is 'fast'; expected tuned or default"):
         check_config(cfg, "train")
+
+
+@pytest.mark.parametrize("task", ["predict", "eval"])
+def test_predict_and_eval_take_the_key_and_name_it(tmp_path, task):
+    good = compose_cfg(tmp_path, ["ckpt_path=x.ckpt", "input=y.png"] if task == "predict" else ["ckpt_path=x.ckpt"], task)
+    assert good.cpu_allocator == "tuned"
+    bad = compose_cfg(tmp_path, ["ckpt_path=x.ckpt", "cpu_allocator=fast"] + (["input=y.png"] if task == "predict" else []), task)
+    with pytest.raises(SegkitError, match="cpu_allocator is 'fast'; expected tuned or default"):
+        check_config(bad, task)
