@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 from segkit import CONF_DIR
 from segkit.config_check import check_config
 from segkit.errors import exit_on_user_error
-from segkit.evaluation.evaluate import run_eval
 from segkit.runtime import tune_allocator
 from segkit.training.cleanup import discard_unused_run_dir
 
@@ -30,6 +29,8 @@ from segkit.training.cleanup import discard_unused_run_dir
 def main(cfg: DictConfig) -> float | None:
     with exit_on_user_error(), discard_unused_run_dir():
         check_config(cfg, "eval")
+        from segkit.evaluation.evaluate import run_eval  # the heavy imports once the values are good
+
         tune_allocator(cfg.cpu_allocator)  # tiles' activations reused from the heap (segkit.runtime)
         result = run_eval(cfg)
     return result["pooled"]["miou"]

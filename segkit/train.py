@@ -17,10 +17,7 @@ from segkit import CONF_DIR, rundir
 from segkit.config_check import check_config
 from segkit.errors import exit_on_user_error
 from segkit.training.cleanup import discard_unused_run_dir
-from segkit.training.fit import train
 from segkit.training.job import _multirun_job, task_overrides
-from segkit.training.records import _now, failure_reason, write_status
-from segkit.training.resume import resume_config
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -34,6 +31,11 @@ def main(cfg: DictConfig) -> float | None:
     with exit_on_user_error(), discard_unused_run_dir(enabled=not resuming):
         try:
             check_config(cfg, "train")
+            # Lightning (about 10 s to import on the development machine) only once the values are good, so a
+            # typo on the command line is answered at once
+            from segkit.training.fit import train
+            from segkit.training.resume import resume_config
+
             cfg = resume_config(cfg, task_overrides())
             if resuming:
                 check_config(cfg, "train")  # the resumed run's own config with the overrides given now
@@ -41,6 +43,8 @@ def main(cfg: DictConfig) -> float | None:
         except Exception as err:
             if not in_sweep:
                 raise
+            from segkit.training.records import _now, failure_reason, write_status
+
             print(f"segkit: trial {cfg.paths.output_dir} failed: {failure_reason(err)}; the sweep goes on", file=sys.stderr, flush=True)
             if not rundir.RunDir(Path(cfg.paths.output_dir)).status.is_file():  # failed before train() started
                 write_status(Path(cfg.paths.output_dir), "failed", reason=failure_reason(err), finished_at=_now(),

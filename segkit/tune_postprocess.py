@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 from segkit import CONF_DIR
 from segkit.config_check import check_config
 from segkit.errors import exit_on_user_error
-from segkit.evaluation.postprocess_search import run_tune
 from segkit.training.cleanup import discard_unused_run_dir
 
 
@@ -23,6 +22,10 @@ from segkit.training.cleanup import discard_unused_run_dir
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error(), discard_unused_run_dir():
         check_config(cfg, "tune_postprocess")
+        from segkit.evaluation.postprocess_search import (
+            run_tune,  # the heavy imports once the values are good
+        )
+
         run_tune(cfg)
 
 

@@ -109,6 +109,14 @@ def test_tensorboard_has_per_class_scalars_and_pictures(tmp_path):
         assert tag in scalars
     for name in ("background", "rbc", "spirochaete"):
         assert f"val/iou/{name}" in scalars and f"val/dice/{name}" in scalars
+    # the epoch's train loss is the sample-weighted mean of its steps' losses: finite, and between them
+    steps = [e.value for e in acc.Scalars("train/loss_step")]
+    epochs = [e.value for e in acc.Scalars("train/loss")]
+    assert len(epochs) == 2 and all(math.isfinite(v) for v in epochs + steps)
+    per_epoch = len(steps) // 2
+    for k, value in enumerate(epochs):
+        chunk = steps[k * per_epoch:(k + 1) * per_epoch]
+        assert min(chunk) - 1e-6 <= value <= max(chunk) + 1e-6
     assert len(acc.Scalars("val/miou")) == 2  # one point per epoch; the final re-evaluation adds none
     images = set(acc.Tags()["images"])
     assert {"val/panel", "val/confusion_matrix"} <= images

@@ -8,7 +8,7 @@ from typing import Any
 
 from segkit.planning.fingerprint import fingerprint_of, machine
 from segkit.planning.planner import apply_plan, make_plan, plan_table, resolve_sources
-from segkit.training.budget import parse_budget
+from segkit.training.durations import parse_budget
 from segkit.training.job import task_overrides
 
 MODES = ("auto", "report", "off")

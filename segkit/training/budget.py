@@ -15,38 +15,16 @@ Elapsed time is kept in the checkpoint: a resumed run continues with the budget 
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 
-from segkit.errors import SegkitError
 from segkit.logs import say
+from segkit.training.durations import parse_budget
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
-_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0}
-
-
-def parse_budget(value: Any, key: str = "budget") -> float | None:
-    """Seconds from ``45m``, ``2h``, ``1h30m``, ``90s`` or a bare number of minutes; None for null."""
-    if value is None or value is False:
-        return None
-    if isinstance(value, bool):
-        raise SegkitError(f"{key} is {value}; expected a duration such as 45m, 2h, 1h30m or 90s (or null)")
-    if isinstance(value, (int, float)):
-        seconds = float(value) * 60.0
-    else:
-        text = str(value).strip().lower().replace(" ", "")
-        parts = _PART.findall(text)
-        if not parts or "".join(f"{n}{u}" for n, u in parts) != text:
-            raise SegkitError(f"{key} is '{value}'; expected a duration such as 45m, 2h, 1h30m or 90s (or null)")
-        seconds = sum(float(n) * _UNIT[u] for n, u in parts)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise SegkitError(f"{key} is '{value}'; expected a positive duration such as 45m, 2h, 1h30m or 90s (or null)")
-    return seconds
-
+__all__ = ["BudgetSchedule", "apply_budget", "lr_factor", "parse_budget"]
 
 def lr_factor(progress: float, warmup: float, final_ratio: float) -> float:
     """The learning rate's factor at ``progress`` in [0, 1] of the run: linear warm-up from 1 % over the first
@@ -88,6 +66,7 @@ class BudgetSchedule(pl.Callback):
         self._batch_t0 = 0.0
         self._epoch_train = 0.0  # seconds of training steps (data loading included) in this epoch
         self._window = [0.0, 0]  # training seconds and steps since the last estimate
+        self._warm = False  # whether this fit's first step (one-off allocations and kernel choices) is behind
         self._since_val = 0
         self._next_cadence: int | None = None
         self._progress = 0.0
@@ -122,6 +101,7 @@ class BudgetSchedule(pl.Callback):
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = self.clock()
+        self._warm = False
         if not self.base_lrs:
             self.base_lrs = [[float(g["lr"]) for g in opt.param_groups] for opt in trainer.optimizers]
         self._epoch_mark = self.clock()
@@ -151,8 +131,10 @@ class BudgetSchedule(pl.Callback):
         spent = now - (self._prev_end if self._prev_end is not None else self._batch_t0)  # loading + step
         self._prev_end = now
         self._epoch_train += spent
-        self._window[0] += spent
-        self._window[1] += 1
+        if self._warm:  # the first step of a fit costs up to tens of times a later one: not a rate
+            self._window[0] += spent
+            self._window[1] += 1
+        self._warm = True
         self._epoch_steps += 1
         step = int(trainer.global_step)
         if step % self.replan_every == 0 or step in (3, 10):  # a first plan soon, then every replan_every steps

@@ -165,6 +165,7 @@ def test_all_problems_reported_in_one_run_through_the_cli(tmp_path):
     assert "3 problems found" in proc.stdout and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # a training CLI run: ~17 s; make test-slow (CI) runs it
 def test_training_stops_on_the_same_problems(tmp_path):
     _good(tmp_path)
     write_pair(tmp_path, "big", _image(), _mask() * 9)

@@ -116,6 +116,7 @@ def test_plan_for_applies_to_the_config_and_the_datamodule(tmp_path):
     assert plan_for(report, dm)["mode"] == "report" and report.data.sampling == "class_balanced"  # no Hydra: not applied
 
 
+@pytest.mark.slow  # the CLI imports Lightning and measures widths: ~25 s; make test-slow (CI) runs it
 def test_plan_command_prints_the_fingerprint_and_the_table(tmp_path):
     args = [f"paths.data_dir={tmp_path / 'data'}", *TINY_DATA, "data.sampling=class_balanced"]
     proc = subprocess.run([sys.executable, "-m", "segkit.plan", *args], cwd=REPO, env=cli_env(), capture_output=True,
