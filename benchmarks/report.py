@@ -51,6 +51,10 @@ def render(r: dict) -> str:
         L += ["", "**--quick run: tiny sizes and one round, a smoke test. Its figures are not measurements and the "
               "met / NOT met verdicts below mean nothing.**"]
     L += ["", "Section times (s): " + ", ".join(f"{k} {v}" for k, v in r["section_s"].items()), ""]
+    dates = r.get("section_dates") or {}
+    if len(set(dates.values())) > 1:  # a `--sections` run: the others are from the earlier run named
+        L += ["Measured at: " + ", ".join(f"{k} {v}" for k, v in dates.items())
+              + " (a later `--sections` run re-measured only some sections, on the same machine).", ""]
 
     hist = r.get("history") or []
     if hist:
@@ -396,7 +400,7 @@ def render(r: dict) -> str:
         "transfer and gain nothing: `data.num_workers: 0` stays the default (on any core count; raise it only for a "
         "dataset whose per-sample loading is expensive).",
         "",
-    ] + objects_section(r.get("objects")) + [
+    ] + objects_section(r.get("objects")) + large_section(r.get("large")) + [
         "## Batched augmentation (one CPU thread)",
         "",
         f"A batch of {aug['batch'][0]} uint8 {aug['batch'][1]}x{aug['batch'][2]}x{aug['batch'][3]} images + masks, every "
@@ -450,4 +454,39 @@ def objects_section(ob: dict | None) -> list[str]:
                 L.append(f"| {name} | {v['objects']} | {v['new_s']} | {v['reference_s']} | {v.get('equal')} |")
     elif sd:
         L += ["", f"Real masks: {sd['skipped']}."]
+    return L + [""]
+
+
+def large_section(lg: dict | None) -> list[str]:
+    """Section 9: region-by-region prediction of images larger than memory, and several processes."""
+    if not lg:
+        return []
+    cases = lg["cases"]
+    big = cases[-1]
+    L = ["## 9. Images larger than memory; several processes", "",
+         f"Targets: peak RSS flat within {lg['targets']['rss_ratio_max']}x and Mpx/s within 10 % (ratio >= "
+         f"{lg['targets']['speed_ratio_min']}) from {cases[0]['size']:,}^2 to {big['size']:,}^2. Result: RSS x{big['rss_ratio']}: "
+         f"{met(lg['rss_flat'])}; Mpx/s x{big['speed_ratio']}: {met(lg['speed_flat'])}.", "",
+         "`segkit.inference.large.predict_large` on synthetic RGB tiled TIFFs (zlib, 512 px tiles), one fresh process per "
+         "case, a trivial network (one 1x1 convolution: the figures measure the pipeline that grows with the image; a "
+         "network's arithmetic per pixel is the same at every size). Windows 512 px, overlap 0.25, Gaussian blend.", "",
+         "| input | file MB | path | seconds | Mpx/s | RSS after set-up MB | peak RSS MB | RSS ratio | Mpx/s ratio |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for c in cases:
+        rg = c["regions"]
+        L.append(f"| {c['size']:,}^2 | {c['file_mb']} | region by region | {rg['seconds']} | {rg['mpx_per_s']} | "
+                 f"{rg['rss_after_setup_mb']} | {rg['peak_rss_mb']} | {c['rss_ratio']} | {c['speed_ratio']} |")
+        if "whole" in c:
+            wh = c["whole"]
+            L.append(f"| {c['size']:,}^2 | | whole image (before) | {wh['seconds']} | {wh['mpx_per_s']} | {wh['rss_after_setup_mb']} | "
+                     f"{wh['peak_rss_mb']} | | |")
+    if "labels_equal_share" in cases[0]:
+        L += ["", f"Labels of the two paths at {cases[0]['size']:,}^2: {100 * cases[0]['labels_equal_share']:.4f} % of the pixels equal."]
+    pr = lg.get("processes")
+    if pr:
+        L += ["", f"Several processes (`segkit.predict devices=N`): {pr['images']} images of {pr['size']}^2, {pr['model']}. Target: "
+              f"speed-up >= {pr['target_speedup']} with identical outputs. Result: x{pr['speedup']}: {met(pr['speedup'] >= pr['target_speedup'])}; "
+              f"identical: {pr['identical_outputs']}.", "", "| devices | predict s | images/s | command s (with start-up) |", "|---|---|---|---|"]
+        for row in pr["rows"]:
+            L.append(f"| {row['devices']} | {row['predict_s']} | {row['images_per_s']} | {row['command_s']} |")
     return L + [""]

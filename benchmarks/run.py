@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "(default: BENCHMARKS.md at the repository root and benchmarks/results.json)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the training/inference sections (default: the cores this process may use)")
+    parser.add_argument("--sections", default=None,
+                        help="comma-separated sections to run (training,pipeline,inference,augmentation,large,objects); the others "
+                        "keep their figures from the existing results.json, each section with the date it was measured")
     args = parser.parse_args(argv)
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     started = time.perf_counter()
@@ -95,10 +98,25 @@ def main(argv: list[str] | None = None) -> dict:
             ("inference", lambda: inference_bench.run(quick=args.quick, threads=threads)),
             # last: it pins torch to one thread
             ("augmentation", lambda: augment_bench.run(quick=args.quick)),
+            # fresh processes per case (peak RSS of that case alone); before objects, whose thread pinning they would inherit
+            ("large", lambda: __import__("benchmarks.large_bench", fromlist=["run"]).run(quick=args.quick, tmp=tmp / "large")),
             # numpy only, one core (it sets OMP/BLAS threads to 1 for what follows, so it comes after everything else)
             ("objects", lambda: __import__("benchmarks.objects_bench", fromlist=["run"]).run(quick=args.quick)),
         ]
+        only = set(args.sections.split(",")) if args.sections else None
+        previous = {}
+        if only is not None:
+            prev_path = Path(args.out) / "results.json" if args.out else ROOT / "benchmarks" / "results.json"
+            previous = json.loads(prev_path.read_text()) if prev_path.is_file() else {}
+        results["section_dates"] = dict(previous.get("section_dates") or {})
         for name, fn in sections:
+            if only is not None and name not in only:
+                if name in previous:
+                    results[name] = previous[name]
+                    results["section_s"][name] = (previous.get("section_s") or {}).get(name)
+                    results["section_dates"].setdefault(name, previous.get("date"))
+                continue
+            results["section_dates"][name] = dt.datetime.now().isoformat(timespec="seconds")
             torch.set_num_threads(threads)
             torch.manual_seed(0)
             t = time.perf_counter()
@@ -115,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         md_path, json_path = out / "BENCHMARKS.md", out / "results.json"
     results = clean(results)
     history = json_path.parent / "history.jsonl"
-    if not args.quick:  # one line per full run: BENCHMARKS.md shows the last three side by side
+    if not args.quick and not args.sections:  # one line per full run: BENCHMARKS.md shows the last three side by side
         with history.open("a") as fh:
             fh.write(json.dumps(summary(results), allow_nan=False) + "\n")
     results["history"] = read_history(history)[-3:]

@@ -79,7 +79,7 @@ def list_of(check: Check, length: int | None = None, non_empty: bool = False) ->
 
 
 def _budget(v: Any) -> bool:
-    from segkit.training.budget import parse_budget
+    from segkit.training.durations import parse_budget
 
     try:
         parse_budget(v)
@@ -204,6 +204,14 @@ RULES: list[tuple[str, Check, str]] = [
     ("inference.batch_size", positive_int, POS_INT.format(4)),
     ("inference.blend", one_of("gaussian", "constant"), "gaussian or constant"),
     ("inference.stitch_device", _device, "auto, cpu, cuda or cuda:<index>"),
+    ("devices", positive_int, "a positive whole number of processes such as 2"),
+    ("shard", non_negative_int, "a whole number >= 0, below num_shards"),
+    ("num_shards", positive_int, POS_INT.format(8)),
+    ("skip_complete", boolean, "true or false"),
+    ("inference.region_by_region", one_of("auto", True, False), "auto, true or false"),
+    ("inference.region_above_mpx", positive, "a positive number of megapixels such as 16"),
+    ("inference.level", non_negative_int, "a pyramid level: a whole number >= 0 such as 0"),
+    ("inference.large_output", one_of("auto", "tiff", "zarr"), "auto, tiff or zarr"),
     ("tta.flips", boolean, "true or false"),
     ("tta.rot90", boolean, "true or false"),
     ("save_probabilities", boolean, "true or false"),
@@ -243,7 +251,8 @@ USAGE: dict[str, tuple[dict[str, str], str, str, str]] = {
         {"ckpt_path": CKPT_HINT, "input": "input=<an image file, a folder of images or a glob such as 'scans/*.tif'>"},
         "python -m segkit.predict ckpt_path=<ckpt | [a.ckpt,b.ckpt]> input=<file|dir|glob> [output=<dir>]",
         "predicts a mask for every input image (any size) and writes <stem>_labels.png, <stem>_labels.tif and "
-        "<stem>_overlay.png into output (default outputs/predict/runs/<time>/)",
+        "<stem>_overlay.png into output (default outputs/predict/runs/<time>/); OME-Zarr inputs and TIFFs over "
+        "inference.region_above_mpx megapixels region by region, into tiled <stem>_labels.ome.tif / .ome.zarr",
         f"python -m segkit.predict ckpt_path={EXAMPLE_CKPT} input=scans/ output=masks/",
     ),
     "export": (

@@ -33,10 +33,11 @@ def main(cfg: DictConfig) -> float | None:
             check_config(cfg, "train")
             # Lightning (about 10 s to import on the development machine) only once the values are good, so a
             # typo on the command line is answered at once
-            from segkit.training.fit import train
             from segkit.training.resume import resume_config
 
-            cfg = resume_config(cfg, task_overrides())
+            cfg = resume_config(cfg, task_overrides())  # refuses a foreign checkpoint or run folder before Lightning loads
+            from segkit.training.fit import train
+
             if resuming:
                 check_config(cfg, "train")  # the resumed run's own config with the overrides given now
             metrics, _ = train(cfg)

@@ -24,6 +24,8 @@ SECTIONS = [
     "## 5. Scaling and memory",
     "## 6. Mixed precision",
     "## 7. Optimisations, before / after",
+    "## 8. Object tables at scale",
+    "## 9. Images larger than memory",
     "## Batched augmentation",
 ]
 
@@ -63,7 +65,7 @@ def test_confusion_matrix_matches_reference(ignore_index: int | None) -> None:
 def test_bench_quick_writes_every_section(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     run = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600, check=False)
+                         capture_output=True, text=True, timeout=900, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     text = (tmp_path / "BENCHMARKS.md").read_text()
     for section in SECTIONS:
@@ -81,6 +83,9 @@ def test_bench_quick_writes_every_section(tmp_path: Path) -> None:
         assert len(row["round_ratios"]) == 1 and row["segkit_faults_per_step"] >= 0
     assert len(results["training"]["efficiency"]["peak_candidates_gflop_per_s"]) == 4
     assert not (tmp_path / "history.jsonl").exists()  # quick runs are not measurements: no history line
+    large = results["large"]
+    assert [c["size"] for c in large["cases"]] == [1024, 2048] and large["cases"][0]["labels_equal_share"] > 0.999
+    assert large["processes"]["identical_outputs"] is True and large["processes"]["rows"][1]["devices"] == 2
 
 
 def test_history_lines_hold_the_targets_figures(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "segkit"
 #: ``python -m segkit.<x>`` entry points: compose -> build -> run -> report, and nothing else imports them
 COMMANDS = {"segkit.train", "segkit.plan", "segkit.eval", "segkit.predict", "segkit.tune_postprocess", "segkit.compare", "segkit.summarize",
+            "segkit.merge",
             "segkit.export.__main__", "segkit.data.__main__", "segkit.analysis.__main__"}
 COMMAND_MAX_LINES = 110
 

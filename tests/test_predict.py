@@ -134,3 +134,123 @@ def test_predict_cli_prints_the_output_directory(ckpts, tmp_path):
     (log,) = (tmp_path / "logs" / "predict" / "runs").glob("*/predict.log")
     lines = log.read_text().strip().splitlines()
     assert lines[-1].endswith(f"Output directory: {tmp_path / 'o'}") and "1 images predicted" in lines[-2]
+
+
+def test_region_by_region_equals_the_whole_image_path_and_measures_the_same_objects(ckpts, tmp_path):
+    """A TIFF predicted region by region (tiled OME-TIFF out, objects per tile) against the same pixels as a
+    PNG through the whole-image path; an OME-Zarr input gets OME-Zarr labels."""
+    import csv
+
+    import zarr
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:700, 0:600]
+    img = np.clip(120 + 90 * np.sin(yy / 9.0)[..., None] * np.cos(xx / 13.0)[..., None] + rng.normal(0, 20, (700, 600, 3)), 0, 255).astype(np.uint8)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    tifffile.imwrite(tmp_path / "a" / "slide.ome.tif", img, tile=(128, 128), ome=True, metadata={"axes": "YXS"})
+    Image.fromarray(img).save(tmp_path / "b" / "slide.png")
+    common = [f"ckpt_path={ckpts[0]}", "inference.tile=256"]
+    big = _predict(tmp_path, *common, f"input={tmp_path / 'a'}", f"output={tmp_path / 'oa'}", "inference.region_by_region=true")
+    _predict(tmp_path, *common, f"input={tmp_path / 'b'}", f"output={tmp_path / 'ob'}")
+    (entry,) = big["summary"]["images"]
+    assert entry["region_by_region"] and entry["labels"].endswith("slide_labels.ome.tif") and entry["size"] == [700, 600]
+    streamed = tifffile.imread(tmp_path / "oa" / "slide_labels.ome.tif")
+    reference = np.asarray(Image.open(tmp_path / "ob" / "slide_labels.png"))
+    assert streamed.shape == reference.shape and np.mean(streamed == reference) > 0.9999  # float-order ties only
+
+    def rows(path):
+        with open(path) as f:
+            return list(csv.DictReader(f))
+
+    a, b = rows(tmp_path / "oa" / "slide_objects.csv"), rows(tmp_path / "ob" / "slide_objects.csv")
+    assert len(a) > 5 and abs(len(a) - len(b)) <= max(1, len(b) // 200)
+    if np.array_equal(streamed, reference):
+        assert [r["area"] for r in a] == [r["area"] for r in b]
+    # an OME-Zarr input: found in a folder listing, predicted region by region under auto, NGFF labels out
+    group = zarr.open_group(str(tmp_path / "c" / "plate.ome.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", shape=(3, 700, 600), chunks=(1, 256, 256), dtype="uint8")[:] = np.moveaxis(img, -1, 0)
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n} for n in "cyx"], "datasets": [{"path": "0"}]}]
+    result = _predict(tmp_path, *common, f"input={tmp_path / 'c'}", f"output={tmp_path / 'oc'}")
+    assert [Path(p).name for p in result["files"]] == ["plate.ome.zarr"]
+    labels = zarr.open_group(str(tmp_path / "oc" / "plate_labels.ome.zarr"), mode="r")
+    assert np.array_equal(labels["0"][:], streamed)
+    assert [p["class"] for p in labels.attrs["image-label"]["properties"]] == ["background", "rbc", "spirochaete"]
+    assert (tmp_path / "oc" / "plate_preview.png").is_file() and (tmp_path / "oc" / "plate_objects.csv").is_file()
+
+
+def _labels_of(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*_labels.png"))}
+
+
+def test_an_interrupted_prediction_resumes_skipping_the_complete_images(ckpts, tmp_path):
+    _images(tmp_path / "in", [(60, 70), (90, 64), (70, 80)])
+    out = tmp_path / "out"
+    args = [f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={out}"]
+    first = _predict(tmp_path, *args)
+    assert sorted(p.name for p in (out / "records").glob("*.json")) == ["img0.json", "img1.json", "img2.json"]
+    reference = _labels_of(out)
+    # interrupted while img1 was written: its record (written last) is missing and a half-written file is left
+    (out / "records" / "img1.json").unlink()
+    (out / "img1_labels.png").write_bytes(b"half")
+    kept = (out / "records" / "img0.json").stat().st_mtime_ns
+    second = _predict(tmp_path, *args)
+    assert second["summary"]["images"] == first["summary"]["images"]  # predict.json lists all three again
+    assert (out / "records" / "img0.json").stat().st_mtime_ns == kept  # img0 was not predicted again
+    again = _labels_of(out)
+    assert set(again) == set(reference) and all(np.array_equal(again[k], reference[k]) for k in reference)  # img1 rewritten whole
+    assert not list(out.glob(".*part*"))
+    # other settings: nothing counts as complete
+    third = _predict(tmp_path, *args, "inference.tile=32")
+    assert (out / "records" / "img0.json").stat().st_mtime_ns != kept and len(third["summary"]["images"]) == 3
+
+
+def test_shards_merged_equal_one_run(ckpts, tmp_path):
+    from segkit.merge import main as merge_main
+
+    _images(tmp_path / "in", [(60, 70), (90, 64), (70, 80), (64, 64), (80, 50)])
+    one = tmp_path / "one"
+    _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={one}")
+    sharded = tmp_path / "sharded"
+    parts = [_predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={sharded}", f"shard={k}", "num_shards=2")
+             for k in (0, 1)]
+    assert [Path(f).name for f in parts[0]["files"]] == ["img0.png", "img2.png", "img4.png"]
+    assert [Path(f).name for f in parts[1]["files"]] == ["img1.png", "img3.png"]
+    assert not (sharded / "objects.csv").exists()  # a shard does not pool: the others may still be running
+    assert merge_main([str(sharded)]) == 0
+    assert (sharded / "objects.csv").read_text() == (one / "objects.csv").read_text()
+    merged = json.loads((sharded / "predict.json").read_text())["images"]
+    assert merged == json.loads((one / "predict.json").read_text())["images"]
+    a, b = _labels_of(sharded), _labels_of(one)
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    with pytest.raises(SegkitError, match="shard is 2 with num_shards=2"):
+        _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={sharded}", "shard=2", "num_shards=2")
+    with pytest.raises(SystemExit):
+        merge_main([str(tmp_path / "in")])  # no records: one sentence, exit 2
+
+
+@pytest.mark.slow  # two spawned processes import torch and load the model: ~20 s
+def test_two_processes_predict_what_one_does(ckpts, tmp_path):
+    _images(tmp_path / "in", [(60, 70), (90, 64), (70, 80), (64, 64)])
+    one, two = tmp_path / "one", tmp_path / "two"
+    _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={one}")
+    result = _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={two}", "devices=2")
+    assert result["summary"]["devices"] == 2
+    a, b = _labels_of(one), _labels_of(two)
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert (two / "objects.csv").read_text() == (one / "objects.csv").read_text()
+
+
+@pytest.mark.slow  # Hydra multirun with the joblib launcher: two shard jobs, then the merge command
+def test_a_hydra_multirun_of_shards_then_merge(ckpts, tmp_path):
+    _images(tmp_path / "in", [(60, 70), (90, 64), (70, 80)])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "segkit.predict", "-m", "hydra/launcher=local_parallel", "shard=0,1", "num_shards=2",
+           f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={out}", f"paths.log_dir={tmp_path / 'logs'}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (out / "records").glob("*.json")) == ["img0.json", "img1.json", "img2.json"]
+    merge = subprocess.run([sys.executable, "-m", "segkit.merge", str(out)], cwd=REPO, capture_output=True, text=True,
+                           env=cli_env(), timeout=300)
+    assert merge.returncode == 0 and "3 images merged" in merge.stdout, merge.stderr[-2000:]
+    assert len(json.loads((out / "predict.json").read_text())["images"]) == 3

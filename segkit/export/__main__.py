@@ -11,7 +11,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from segkit import CONF_DIR
 from segkit.config_check import check_config
 from segkit.errors import SegkitError, exit_on_user_error
-from segkit.export.exporters import export
 from segkit.training.cleanup import discard_unused_run_dir
 
 
@@ -23,6 +22,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         size = list(size)
     elif size is not None and not isinstance(size, list | tuple):
         raise SegkitError(f"check_size is {size!r}; expected a list [N, C, H, W], e.g. check_size=[1,3,200,328]")
+    from segkit.export.exporters import export  # torch.export and onnx once the values are good
+
     return export(cfg.ckpt_path, str(cfg.format), cfg.get("output"), int(cfg.get("opset", 18)), bool(cfg.get("check", True)),
                   size, bool(cfg.get("overwrite", False)), str(cfg.get("onnx_exporter", "dynamo")))
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.utilities import rank_zero_info
 
 from segkit import rundir
 from segkit.errors import SegkitError
@@ -76,5 +75,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         if resumed.data.get("split_file") is None and run.splits.is_file():
             resumed.data.split_file = str(run.splits)
     epoch = state.get("epoch", -1) + 1
+    from pytorch_lightning.utilities import rank_zero_info  # Lightning only once a run is really resumed
+
     rank_zero_info(f"segkit: resuming run {run_dir} after epoch {epoch} from {ckpt_file.name} (its own config, split and TensorBoard run)")
     return resumed
