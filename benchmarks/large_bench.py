@@ -161,21 +161,16 @@ def run(quick: bool = False, tmp: Path | None = None, sizes: tuple[int, ...] | N
 
 def _checkpoint(path: Path) -> Path:
     """A small U-Net checkpoint with random weights, saved as segkit.train saves one."""
-    import pytorch_lightning as pl
     import torch
 
+    from segkit.training.checkpointing import save_module
     from segkit.training.module import SegModule
 
     torch.manual_seed(0)
     module = SegModule(model={"_target_": "segkit.models.UNet", "depth": 3, "base_width": 8, "in_channels": 3, "num_classes": 3},
                        loss={"name": "ce"}, optimizer={"_target_": "torch.optim.Adam"}, class_names=["background", "a", "b"],
                        norm_mean=[0.5] * 3, norm_std=[0.25] * 3)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="cpu", devices=1)
-    trainer.strategy.connect(module)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
-    return path
+    return save_module(module, path)
 
 
 def run_processes(tmp: Path, images: int = 64, size: int = 512, devices: int = 2) -> dict[str, Any]:

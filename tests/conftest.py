@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from segkit import CONF_DIR
+from segkit.training.checkpointing import save_module
 from segkit.training.module import SegModule
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,9 +118,4 @@ def tiny_checkpoint(path: Path, name: str) -> Path:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="cpu", devices=1)
-    trainer.strategy.connect(module)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
-    return path
+    return save_module(module, path)

@@ -95,3 +95,17 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if not trainer.sanity_checking:
             self._validated_epoch = trainer.current_epoch
         self._last_too(trainer, on_train_epoch_end=False)
+
+
+def save_module(module: Any, path: str | os.PathLike) -> Path:
+    """``module`` (a :class:`~segkit.training.module.SegModule`) saved as ``segkit.train`` saves a checkpoint, without
+    training it (benchmarks and tests that need a checkpoint of given weights)."""
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", devices=1)
+    trainer.strategy.connect(module)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path)
+    return path
