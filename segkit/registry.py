@@ -38,7 +38,7 @@ _MODEL_TARGETS: dict[str, str] = {
 }
 
 #: segkit's losses, by ``loss.name`` (built by :func:`segkit.training.losses.build_loss`)
-LOSS_NAMES = ("ce", "weighted_ce", "dice", "ce_dice")
+LOSS_NAMES = ("ce", "weighted_ce", "dice", "ce_dice", "focal", "tversky", "lovasz")
 
 #: config kinds whose ``_target_`` segkit accepts from a run folder's config -> accepted target -> canonical target
 _RENAMED = {  # segkit < 0.2 (before the training/ and evaluation/ packages)

@@ -100,8 +100,8 @@ def test_loss_specs_are_names_never_targets():
         {"name": "ce_dice", "dice_lambda": 2.0}
     with pytest.raises(SegkitError, match=r"names loss\._target_='numpy\.savetxt'; segkit builds losses only by loss\.name"):
         registry.check_loss_spec({"_target_": "numpy.savetxt", "name": "ce"}, "f")
-    with pytest.raises(SegkitError, match=r"names loss\.name='focal'; expected one of ce, weighted_ce, dice, ce_dice"):
-        registry.check_loss_spec({"name": "focal"}, "f")
+    with pytest.raises(SegkitError, match=r"names loss\.name='hinge'; expected one of ce, weighted_ce, dice, ce_dice, focal, tversky, lovasz"):
+        registry.check_loss_spec({"name": "hinge"}, "f")
 
 
 def test_optimizers_and_schedulers_come_from_torch_and_segkit_only():

@@ -34,7 +34,7 @@ def test_each_model_trains(tmp_path, model):
     assert {f"val/iou/{c}" for c in ("background", "rbc", "spirochaete")} <= set(summary["metrics"])
 
 
-@pytest.mark.parametrize("loss", ["ce", "weighted_ce", "dice", "ce_dice"])
+@pytest.mark.parametrize("loss", ["ce", "weighted_ce", "dice", "ce_dice", "focal", "tversky", "lovasz"])
 def test_each_loss_trains(tmp_path, loss):
     cfg, metrics, objects = _run(tmp_path, f"loss={loss}")
     assert math.isfinite(metrics["val/loss"])

@@ -55,7 +55,8 @@ def load_network(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     hp = check_hyper_parameters(state.get("hyper_parameters"), path)
     run_config(path)  # the run folder travels with its checkpoints: its config must be segkit's too
     spec = dict(hp["model"])
-    net = build_network(spec, path)
+    # the checkpoint holds the trained weights: a pretrained encoder file named at training time is not read again
+    net = build_network({**spec, "encoder_weights": None} if spec.get("encoder_weights") else spec, path)
     network = SegNetwork(net, hp["class_names"], hp.get("norm_mean"), hp.get("norm_std"),
                          channels_last=bool(hp.get("channels_last", True)), model_spec=spec)
     weights = network_state_dict(state.get("state_dict") or {})

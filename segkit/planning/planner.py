@@ -82,7 +82,7 @@ def make_plan(fp: dict[str, Any], cfg: Any, machine: dict[str, Any], budget_s: f
     rare = min(classes, key=lambda c: c["pixel_share"])
     rare_text = f"rarest class '{rare['name']}' covers {100 * rare['pixel_share']:.2f} % of the train pixels"
     is_rare = rare["pixel_share"] < RARE_SHARE
-    if cfg.loss.get("class_weights", "absent") != "absent":
+    if cfg.loss.get("class_weights", "absent") != "absent" and cfg.loss.get("name") != "lovasz":  # Lovasz has no class weights
         items.append(PlanItem("loss.class_weights", "auto" if is_rare else None,
                               f"{rare_text} ({'<' if is_rare else '>='} {100 * RARE_SHARE:g} %): "
                               + ("median-frequency class weights" if is_rare else "no class weights needed")))

@@ -67,6 +67,72 @@ class CEDiceLoss(nn.Module):
         return self.ce_lambda * self.ce(logits, target) + self.dice_lambda * self.dice(logits, target)
 
 
+class FocalLoss(nn.Module):
+    """Softmax focal loss (Lin et al. 2017, multi-class): ``-alpha_c (1 - p_t)^gamma log p_t`` per pixel, the
+    mean over non-ignored pixels weighted by ``alpha_c`` like weighted cross-entropy (``class_weights`` are the
+    ``alpha_c``; ``gamma=0`` is exactly :class:`CrossEntropy`). segmentation_models_pytorch's ``FocalLoss`` is a
+    per-class sigmoid loss in multiclass mode, not this one."""
+
+    def __init__(self, ignore_index: int = 255, class_weights: Sequence[float] | None = None, gamma: float = 2.0) -> None:
+        super().__init__()
+        self.ignore_index, self.gamma = ignore_index, float(gamma)
+        w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("weight", w, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.long()
+        valid = target != self.ignore_index
+        t = torch.where(valid, target, torch.zeros_like(target))
+        logp = F.log_softmax(logits.float(), dim=1).gather(1, t.unsqueeze(1)).squeeze(1)
+        focal = (1.0 - logp.exp()).clamp_min(0.0).pow(self.gamma) * -logp
+        w = valid.to(focal.dtype) if self.weight is None else self.weight[t] * valid
+        return (focal * w).sum() / w.sum().clamp_min(1e-12)
+
+
+class TverskyLoss(nn.Module):
+    """``1 - weighted mean_c (TP_c + s) / (TP_c + alpha FP_c + beta FN_c + s)`` on softmax probabilities,
+    sums pooled over the batch like :class:`SoftDiceLoss` (``alpha = beta = 0.5`` with ``smooth = s / 2`` is that
+    Dice loss with ``smooth = s``).
+    ``beta > alpha`` penalises missed pixels more than false alarms: the usual choice for a rare class."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, class_weights: Sequence[float] | None = None,
+                 alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.alpha, self.beta, self.smooth = float(alpha), float(beta), float(smooth)
+        w = torch.ones(num_classes) if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", w / w.sum(), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = logits.float().softmax(dim=1)
+        valid = target != self.ignore_index
+        t = torch.where(valid, target, torch.zeros_like(target))
+        onehot = F.one_hot(t.long(), self.num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+        v = valid.unsqueeze(1).to(probs.dtype)
+        probs, onehot = probs * v, onehot * v
+        dims = (0, 2, 3)
+        tp = (probs * onehot).sum(dims)
+        fp = (probs * (v - onehot)).sum(dims)
+        fn = ((v - probs) * onehot).sum(dims)
+        index = (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth)
+        return 1.0 - (self.class_weights * index).sum()
+
+
+class LovaszSoftmaxLoss(nn.Module):
+    """Lovasz-softmax (Berman et al. 2018), the convex surrogate of the Jaccard loss, over the classes present
+    in the batch, all pixels of the batch pooled, ignored pixels removed: segmentation_models_pytorch's
+    ``LovaszLoss(mode="multiclass", per_image=False)``, whose semantics are these."""
+
+    def __init__(self, ignore_index: int = 255) -> None:
+        super().__init__()
+        from segmentation_models_pytorch.losses import LovaszLoss
+
+        self.inner = LovaszLoss(mode="multiclass", per_image=False, ignore_index=ignore_index, from_logits=True)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.inner(logits.float(), target.long())
+
+
 def build_loss(
     name: str,
     num_classes: int,
@@ -75,6 +141,9 @@ def build_loss(
     smooth: float = 1.0,
     ce_lambda: float = 1.0,
     dice_lambda: float = 1.0,
+    gamma: float = 2.0,
+    alpha: float = 0.3,
+    beta: float = 0.7,
     **_: object,
 ) -> nn.Module:
     """The loss named by ``loss.name``. ``class_weights`` must already be resolved to numbers (``auto``
@@ -95,4 +164,13 @@ def build_loss(
             return SoftDiceLoss(num_classes, ignore_index, class_weights, smooth)
         case "ce_dice":
             return CEDiceLoss(CrossEntropy(ignore_index, class_weights), SoftDiceLoss(num_classes, ignore_index, None, smooth), ce_lambda, dice_lambda)
+        case "focal":
+            return FocalLoss(ignore_index, class_weights, gamma)
+        case "tversky":
+            return TverskyLoss(num_classes, ignore_index, class_weights, alpha, beta, smooth)
+        case "lovasz":
+            if class_weights is not None:
+                raise SegkitError("loss.class_weights is set for loss=lovasz, which has no class weights; expected null "
+                                  "(or loss=ce_dice / focal / tversky for weighted losses)")
+            return LovaszSoftmaxLoss(ignore_index)
     raise SegkitError(f"loss.name is '{name}'; expected one of {', '.join(LOSS_NAMES)}")

@@ -349,8 +349,56 @@ def test_smp_errors_name_the_key() -> None:
         SMPModel(arch="NotAnArch", encoder="resnet18")
     with pytest.raises(ValueError, match=r"model\.encoder.*'resnet7'.*resnet18"):
         SMPModel(arch="Unet", encoder="resnet7")
-    with pytest.raises(ValueError, match=r"model\.encoder_weights.*'imagenet'.*null"):
+    with pytest.raises(ValueError, match=r"model\.encoder_weights.*'imagenet'.*never downloads.*null.*get_encoder\('resnet18'"):
         SMPModel(arch="Unet", encoder="resnet18", encoder_weights="imagenet")
+
+
+def test_smp_encoder_weights_from_a_local_file(tmp_path) -> None:
+    """Pretrained encoders offline: a state dict the test writes (nothing downloads), loaded exactly, checked."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(11)
+    source = smp.encoders.get_encoder("resnet18", in_channels=3, depth=5, weights=None)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_(0, 0.3)
+    torch.save(source.state_dict(), tmp_path / "plain.pt")
+    torch.save({f"encoder.{k}": v for k, v in source.state_dict().items()}, tmp_path / "prefixed.pt")
+    for name in ("plain.pt", "prefixed.pt"):
+        model = SMPModel(arch="FPN", encoder="resnet18", in_channels=3, num_classes=2, encoder_weights=str(tmp_path / name))
+        loaded = model.net.encoder.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in source.state_dict().items())
+    scratch = SMPModel(arch="FPN", encoder="resnet18", in_channels=3, num_classes=2)
+    assert not torch.equal(scratch.net.encoder.conv1.weight, source.conv1.weight)
+    torch.save(smp.encoders.get_encoder("resnet34", weights=None).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other\.pt' does not fit model\.encoder: 0 of the encoder's \d+ tensors missing.*unknown"):
+        SMPModel(arch="FPN", encoder="resnet18", encoder_weights=str(tmp_path / "other.pt"))
+    with pytest.raises(ValueError, match=r"plain\.pt': 'conv1\.weight' has shape \(64, 3, 7, 7\), the encoder's \(64, 1, 7, 7\)"):
+        SMPModel(arch="FPN", encoder="resnet18", in_channels=1, encoder_weights=str(tmp_path / "plain.pt"))
+    (tmp_path / "code.pt").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="could not be loaded safely"):
+        SMPModel(arch="FPN", encoder="resnet18", encoder_weights=str(tmp_path / "code.pt"))
+
+
+def test_a_checkpoint_trained_from_an_encoder_file_loads_without_it(tmp_path) -> None:
+    import segmentation_models_pytorch as smp
+
+    from segkit.inference.load import load_network
+    from segkit.training.checkpointing import save_module
+    from segkit.training.module import SegModule
+
+    weights = tmp_path / "enc.pt"
+    torch.save(smp.encoders.get_encoder("resnet18", weights=None).state_dict(), weights)
+    spec = {"_target_": "segkit.models.SMPModel", "arch": "FPN", "encoder": "resnet18", "encoder_weights": str(weights),
+            "in_channels": 3, "num_classes": 2}
+    module = SegModule(model=spec, loss={"name": "ce"}, optimizer={"_target_": "torch.optim.Adam"}, class_names=["bg", "fg"],
+                       norm_mean=[0.5] * 3, norm_std=[0.2] * 3).eval()
+    ckpt = save_module(module, tmp_path / "run" / "best.ckpt")
+    weights.unlink()  # another machine: the checkpoint holds the weights
+    net = load_network(ckpt)
+    x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(net(x), module.network(x), atol=1e-5)
 
 
 # --- Hydra configs -----------------------------------------------------------------------------------

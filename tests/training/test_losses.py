@@ -65,7 +65,7 @@ def test_ce_dice_is_the_weighted_sum():
 
 @pytest.mark.parametrize(
     "kwargs, words",
-    [({"name": "focal"}, "loss.name"), ({"name": "ce", "class_weights": [1, 2]}, "loss.class_weights"),
+    [({"name": "hinge"}, "loss.name"), ({"name": "ce", "class_weights": [1, 2]}, "loss.class_weights"),
      ({"name": "weighted_ce"}, "loss.class_weights")],
 )
 def test_bad_loss_config_names_the_key(kwargs, words):
