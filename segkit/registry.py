@@ -52,6 +52,7 @@ CALLBACKS = (
     "segkit.training.callbacks.ConfusionMatrixFigure",
     "segkit.training.callbacks.ValidationPanel",
     "segkit.training.callbacks.StopOnNonFiniteLoss",
+    "segkit.training.callbacks.EMA",
     "segkit.training.progress.RunLog",
     "segkit.training.budget.BudgetSchedule",
     "segkit.training.progress.RichProgressBar",

@@ -34,7 +34,8 @@ def test_each_model_trains(tmp_path, model):
     assert {f"val/iou/{c}" for c in ("background", "rbc", "spirochaete")} <= set(summary["metrics"])
 
 
-@pytest.mark.parametrize("loss", ["ce", "weighted_ce", "dice", "ce_dice", "focal", "tversky", "lovasz"])
+@pytest.mark.parametrize("loss", ["ce", "weighted_ce", "dice", "ce_dice", "focal",
+                                  pytest.param("tversky", marks=pytest.mark.slow), pytest.param("lovasz", marks=pytest.mark.slow)])
 def test_each_loss_trains(tmp_path, loss):
     cfg, metrics, objects = _run(tmp_path, f"loss={loss}")
     assert math.isfinite(metrics["val/loss"])

@@ -132,3 +132,20 @@ class StopOnNonFiniteLoss(pl.Callback):
                 f"step {trainer.global_step} (lr {lr:.3g}); stopped this run instead of training on garbage. Expected a finite loss: "
                 "try a lower lr, trainer.gradient_clip_val=1.0, or check the data with python -m segkit.data check"
             )
+
+
+class EMA(pl.callbacks.WeightAveraging):
+    """Exponential moving average of the weights (``ema_decay=0.999``): after every optimizer step from
+    ``start_step`` on, ``average = decay x average + (1 - decay) x weights`` (parameters and BatchNorm
+    statistics). Validation, ``best.ckpt`` / ``last.ckpt`` (``state_dict``) and the weights at the end of
+    training are the average; the checkpoint also keeps the raw weights, so a resume continues both.
+    Lightning's ``WeightAveraging`` with torch's EMA update."""
+
+    def __init__(self, decay: float = 0.999, start_step: int = 0) -> None:
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
+        self.decay, self.start_step = float(decay), int(start_step)
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and step_idx >= self.start_step

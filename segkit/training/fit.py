@@ -133,6 +133,7 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
     weights = resolve_class_weights(_plain(cfg.loss), dm)
     rank_zero_only(dm.write_records)(output_dir, {"class_weights": weights, "weight_method": cfg.loss.get("weight_method") if weights else None})
     apply_budget(cfg, spent=time.perf_counter() - started)  # budget=45m: time-based lr; recorded in run_config.yaml
+    apply_training_options(cfg)  # ema_decay, early_stopping_patience: callbacks recorded in run_config.yaml
     rank_zero_only(write_run_config)(cfg, output_dir, dm)
     if weights is not None:
         rank_zero_only(say)(f"class weights {dict(zip(dm.class_names, [round(w, 4) for w in weights], strict=True))}")
@@ -273,3 +274,19 @@ def _print_summary(metrics: dict[str, float], class_names: list[str], summary: d
         )
     say(f"best epoch {summary['best_epoch']} of {summary['epochs_trained']} (the best checkpoint's), "
         f"{summary['wall_time_s']:.0f} s")
+
+
+def apply_training_options(cfg: DictConfig) -> None:
+    """``ema_decay`` and ``early_stopping_patience`` as callbacks in ``cfg.callbacks`` (so ``run_config.yaml``
+    records them and a resume rebuilds them): :class:`segkit.training.callbacks.EMA`, and Lightning's
+    ``EarlyStopping`` on ``optimized_metric`` (checked after each validation)."""
+    with open_dict(cfg):
+        cfg.callbacks = cfg.get("callbacks") or {}
+        if cfg.get("ema_decay") is not None:
+            cfg.callbacks.ema = {"_target_": "segkit.training.callbacks.EMA", "decay": float(cfg.ema_decay),
+                                 "start_step": int(cfg.get("ema_start_step") or 0)}
+        if cfg.get("early_stopping_patience") is not None:
+            cfg.callbacks.early_stopping = {"_target_": "pytorch_lightning.callbacks.EarlyStopping", "monitor": str(cfg.optimized_metric),
+                                            "mode": "max", "patience": int(cfg.early_stopping_patience),
+                                            "min_delta": float(cfg.get("early_stopping_min_delta") or 0.0),
+                                            "check_on_train_epoch_end": False, "verbose": False}
