@@ -11,8 +11,17 @@ from .fcn import FCN, CardiacFCN
 from .network import SegNetwork, build_network, output_stride, pad_to_stride
 from .patchcnn import PatchCNN
 from .segnet import SegNet
-from .smp import SMPModel
 from .unet import UNet
+
+
+def __getattr__(name: str):
+    # segmentation_models_pytorch (with timm: ~4.5 s to import here) only when an smp model is asked for
+    if name == "SMPModel":
+        from .smp import SMPModel
+
+        return SMPModel
+    raise AttributeError(f"module 'segkit.models' has no attribute {name!r}")
+
 
 __all__ = ["FCN", "CardiacFCN", "PatchCNN", "SMPModel", "SegNet", "SegNetwork", "UNet", "build_network", "output_stride",
            "pad_to_stride"]
