@@ -39,8 +39,10 @@ def render(r: dict) -> str:
     L: list[str] = [
         "# segkit benchmarks",
         "",
-        f"Written by `make bench{' QUICK=1' if quick else ''}` (`python -m benchmarks.run{' --quick' if quick else ''}`) "
-        f"on {r['date']} in {r['total_s']:.0f} s.",
+        (f"Written by `python -m benchmarks.run --sections {r['sections']}` on {r['date']} in {r['total_s']:.0f} s; the other "
+         "sections are those of the earlier full run (dates below)." if r.get("sections") else
+         f"Written by `make bench{' QUICK=1' if quick else ''}` (`python -m benchmarks.run{' --quick' if quick else ''}`) "
+         f"on {r['date']} in {r['total_s']:.0f} s."),
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['threads']} torch threads used), vector extensions "
         f"{', '.join(m.get('isa') or []) or 'unknown'}, torch {m['torch']}, GPU: {m['gpu'] or 'none'}; "
         f"load average at the start {m['load_average_1_5_15_min']} (1/5/15 min: other jobs on the machine slow every figure below).",
@@ -54,7 +56,7 @@ def render(r: dict) -> str:
     dates = r.get("section_dates") or {}
     if len(set(dates.values())) > 1:  # a `--sections` run: the others are from the earlier run named
         L += ["Measured at: " + ", ".join(f"{k} {v}" for k, v in dates.items())
-              + " (a later `--sections` run re-measured only some sections, on the same machine).", ""]
+              + " (a `--sections` run re-measured only some sections, on a machine of the kind named above).", ""]
 
     hist = r.get("history") or []
     if hist:

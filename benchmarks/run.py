@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         "quick": args.quick,
         "machine": {**machine(), "threads": threads},
         "section_s": {},
+        "sections": args.sections,
     }
     try:
         sections = [
