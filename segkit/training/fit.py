@@ -148,6 +148,11 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
     module.log_to_logger = False  # the re-evaluation must not add points to the training curves
+    # with ema_decay the checkpoint's state_dict is the average: loaded as it is, like segkit.eval and predict
+    # load it (Lightning's WeightAveraging would load the raw weights back, and average only for validation)
+    from pytorch_lightning.callbacks import WeightAveraging
+
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, WeightAveraging)]
     metrics: dict[str, float] = {}
     trainer.validate(module, datamodule=dm, ckpt_path=best, weights_only=True if best else None, verbose=False)
     metrics.update(_stage_metrics(trainer, module, "val"))

@@ -40,7 +40,7 @@ def test_ema_weights_are_validated_checkpointed_and_equal_the_average_of_the_ste
     decay = 0.8
     cfg = compose_cfg(tmp_path, TINY_DATA + TINY_MODELS["unet"] + ["trainer.max_epochs=2", f"ema_decay={decay}", "plan=off"])
     metrics, objects = train(cfg)
-    assert any(type(c).__name__ == "EMA" for c in objects["trainer"].callbacks)
+    assert len(recorder.steps) >= 4
     expected = dict(recorder.steps[0])  # the first update copies the weights
     for step in recorder.steps[1:]:
         expected = {k: decay * expected[k] + (1 - decay) * v for k, v in step.items()}
@@ -51,6 +51,10 @@ def test_ema_weights_are_validated_checkpointed_and_equal_the_average_of_the_ste
     final = recorder.steps[-1]
     assert any(not torch.allclose(raw[k], expected[k], atol=1e-6) for k in final)  # and differ from the raw weights
     assert all(torch.allclose(raw[k], final[k]) for k in final)
+    # the re-evaluation and the test split after fit score the average, as segkit.eval / predict load best.ckpt
+    best = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    module = objects["module"]
+    assert all(torch.allclose(p, best[k]) for k, p in module.state_dict().items() if k in best and p.is_floating_point())
     run_config = (Path(cfg.paths.output_dir) / "run_config.yaml").read_text()
     assert "segkit.training.callbacks.EMA" in run_config and "decay: 0.8" in run_config
 
