@@ -32,7 +32,7 @@ test-slow: install  ## slow and real-data tests (real-data ones skip without ../
 
 test-all: test test-slow  ## everything CI runs
 
-bench: install  ## benchmarks -> BENCHMARKS.md and benchmarks/results.json (QUICK=1: a ~3 min smoke run for CI, figures meaningless)
+bench: install  ## benchmarks -> BENCHMARKS.md and benchmarks/results.json (~40 min; QUICK=1: a ~5 min smoke run, figures meaningless)
 	$(PY) -m benchmarks.run $(if $(QUICK),--quick,)
 
 gpu-check:  ## on a GPU machine, <= 8 min: GPU tests, overhead, utilisation, pipeline, fp16 vs fp32 -> OUT=dir (default gpu-report)

@@ -4,7 +4,7 @@ machine, and write ``BENCHMARKS.md`` and ``benchmarks/results.json``.
 Each section reports ratios measured side by side in this run (absolute times on shared machines are
 noisy), states its target and whether this run met it: framework overhead, hardware efficiency,
 input pipeline, validation and inference, scaling and memory, mixed precision, and one before/after
-row per optimisation. ``--quick`` (CI smoke test, about 3 minutes on 2 cores) runs everything on tiny sizes
+row per optimisation. ``--quick`` (CI smoke test, about 5 minutes on 2 cores) runs everything on tiny sizes
 with one round: it checks that nothing crashes, its figures are not measurements, and it never
 fails on a timing. ``--out DIR`` writes ``DIR/BENCHMARKS.md`` and ``DIR/results.json`` instead.
 """
@@ -73,7 +73,7 @@ def read_history(path: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="segkit benchmarks")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round: a CI smoke test (about 3 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round: a CI smoke test (about 5 minutes on 2 cores)")
     parser.add_argument("--out", default=None, help="write BENCHMARKS.md and results.json into this directory "
                         "(default: BENCHMARKS.md at the repository root and benchmarks/results.json)")
     parser.add_argument("--threads", type=int, default=None,
