@@ -13,6 +13,18 @@ from segkit.errors import SegkitError
 from segkit.registry import LOSS_NAMES
 
 
+def masked_probs(logits: torch.Tensor, target: torch.Tensor, num_classes: int,
+                 ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax probabilities and the one-hot target ``[N, C, H, W]``, both zero at ignored pixels, and the
+    valid-pixel mask ``[N, 1, H, W]`` (the overlap losses' common start)."""
+    probs = logits.float().softmax(dim=1)
+    valid = target != ignore_index
+    t = torch.where(valid, target, torch.zeros_like(target))
+    onehot = F.one_hot(t.long(), num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    v = valid.unsqueeze(1).to(probs.dtype)
+    return probs * v, onehot * v, v
+
+
 class SoftDiceLoss(nn.Module):
     """``1 - weighted mean_c (2 sum(p_c t_c) + s) / (sum(p_c) + sum(t_c) + s)``, softmax probabilities,
     sums pooled over the whole batch (more stable than per-image Dice for rare classes).
@@ -28,12 +40,7 @@ class SoftDiceLoss(nn.Module):
         self.register_buffer("class_weights", w / w.sum(), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        probs = logits.float().softmax(dim=1)
-        valid = target != self.ignore_index
-        t = torch.where(valid, target, torch.zeros_like(target))
-        onehot = F.one_hot(t.long(), self.num_classes).permute(0, 3, 1, 2).to(probs.dtype)
-        v = valid.unsqueeze(1).to(probs.dtype)
-        probs, onehot = probs * v, onehot * v
+        probs, onehot, _ = masked_probs(logits, target, self.num_classes, self.ignore_index)
         dims = (0, 2, 3)
         inter = (probs * onehot).sum(dims)
         denom = probs.sum(dims) + onehot.sum(dims)
@@ -104,12 +111,7 @@ class TverskyLoss(nn.Module):
         self.register_buffer("class_weights", w / w.sum(), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        probs = logits.float().softmax(dim=1)
-        valid = target != self.ignore_index
-        t = torch.where(valid, target, torch.zeros_like(target))
-        onehot = F.one_hot(t.long(), self.num_classes).permute(0, 3, 1, 2).to(probs.dtype)
-        v = valid.unsqueeze(1).to(probs.dtype)
-        probs, onehot = probs * v, onehot * v
+        probs, onehot, v = masked_probs(logits, target, self.num_classes, self.ignore_index)
         dims = (0, 2, 3)
         tp = (probs * onehot).sum(dims)
         fp = (probs * (v - onehot)).sum(dims)
