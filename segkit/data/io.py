@@ -95,15 +95,22 @@ def _transparent_pixels(alpha: np.ndarray) -> int:
     return int(np.count_nonzero(alpha != _opaque(alpha.dtype)))
 
 
+def intensity_range(arr: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> tuple[float, float]:
+    """``(lo, hi)``: the intensities that map to 0 and 255 (the percentiles; ``hi > lo``)."""
+    lo, hi = (float(v) for v in np.percentile(arr.astype(np.float32), percentiles))
+    return (lo, lo + 1.0) if hi <= lo else (lo, hi)
+
+
+def map_to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``arr`` clipped to ``[lo, hi]`` and scaled linearly to 0..255."""
+    return np.clip((arr.astype(np.float32) - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+
+
 def scale_to_uint8(arr: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
     """uint8 unchanged; anything else clipped to the per-image percentiles and scaled to 0..255."""
     if arr.dtype == np.uint8:
         return arr
-    x = arr.astype(np.float32)
-    lo, hi = np.percentile(x, percentiles)
-    if hi <= lo:
-        hi = lo + 1.0
-    return np.clip((x - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+    return map_to_uint8(arr, *intensity_range(arr, percentiles))
 
 
 def to_image(arr: np.ndarray, path: str | Path, in_channels: int) -> np.ndarray:
@@ -111,6 +118,12 @@ def to_image(arr: np.ndarray, path: str | Path, in_channels: int) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         raise SegkitError(f"image '{path}' holds {bad} NaN/Inf values; expected finite intensities (fill or crop them out)")
+    return np.ascontiguousarray(scale_to_uint8(fit_channels(arr, path, in_channels)))
+
+
+def fit_channels(arr: np.ndarray, path: str | Path, in_channels: int) -> np.ndarray:
+    """A raw ``[H, W]`` or ``[H, W, C]`` array as ``[H, W, in_channels]``: grey repeated to RGB, a fully opaque
+    alpha dropped; anything else that does not fit is one sentence naming the file."""
     if arr.ndim == 2:
         arr = arr[..., None]
     channels = arr.shape[-1]
@@ -132,7 +145,7 @@ def to_image(arr: np.ndarray, path: str | Path, in_channels: int) -> np.ndarray:
             f"image '{path}' has {channels} channels; expected data.in_channels={in_channels} "
             f"(set data.in_channels={channels} if every image has {channels})"
         )
-    return np.ascontiguousarray(scale_to_uint8(arr))
+    return arr
 
 
 def parse_value_map(value_map: Mapping[Any, Any] | None) -> tuple[dict[int, int], dict[tuple[int, int, int], int]]:

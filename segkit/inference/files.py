@@ -46,20 +46,17 @@ def list_inputs(spec: str) -> list[Path]:
 
 
 def pixel_size_of(path: Path) -> float | None:
-    """Micrometres per pixel from TIFF resolution tags (ImageJ unit 'micron'/'um'), when present."""
+    """Micrometres per pixel from TIFF metadata (OME ``PhysicalSizeX`` or ImageJ resolution tags in microns),
+    when present: the same reading as the region-by-region path (:func:`segkit.inference.large.tiff_pixel_size`)."""
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
     try:
         import tifffile
 
+        from segkit.inference.large import tiff_pixel_size
+
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            res = page.tags.get("XResolution")
-            unit = (tif.imagej_metadata or {}).get("unit", "")
-            if res is None or str(unit).lower() not in ("micron", "um", "µm", "\\u00B5m"):
-                return None
-            num, den = res.value
-            return float(den) / float(num) if num else None
+            return tiff_pixel_size(tif)
     except Exception:  # noqa: BLE001 - metadata is optional
         return None
 
@@ -82,7 +79,9 @@ def save_labels(labels: np.ndarray, class_names: Sequence[str], out: Path, stem:
     if len(class_names) <= 256:
         Image.fromarray(labels.astype(np.uint8)).save(atomic_path(out / f"{stem}_labels.png"))
         _publish(out / f"{stem}_labels.png")
-    info = "class ids: " + ", ".join(f"{i}={n}" for i, n in enumerate(class_names))
+    from segkit.inference.large import class_description
+
+    info = class_description(class_names)
     kwargs: dict[str, Any] = {"imagej": True, "metadata": {"Info": info, "Labels": [info]}}
     if pixel_size:
         kwargs["resolution"] = (1.0 / pixel_size, 1.0 / pixel_size)
@@ -189,7 +188,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     return {"output": out, "files": files, "summary": summary}
 
 
-def _worker(cfg_container: dict, files: list[str], out: str, rank: int, devices: int, threads: int, queue: Any) -> None:
+def _worker(cfg_container: dict, files: list[str], out: str, rank: int, threads: int, queue: Any) -> None:
     try:
         torch.set_num_threads(max(1, threads))
         cfg = OmegaConf.create(cfg_container)
@@ -207,12 +206,12 @@ def _run_processes(cfg: DictConfig, files: list[Path], out: Path, devices: int, 
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // devices) if not torch.cuda.is_available() else max(1, cores // devices)
+    threads = max(1, cores // devices)
     container = OmegaConf.to_container(cfg, resolve=True)
     container["devices"] = 1
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(container, [str(f) for f in files[r::devices]], str(out), r, devices, threads, queue))
+    procs = [ctx.Process(target=_worker, args=(container, [str(f) for f in files[r::devices]], str(out), r, threads, queue))
              for r in range(devices)]
     for p in procs:
         p.start()

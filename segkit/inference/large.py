@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segkit.data.io import PERCENTILES
+from segkit.data.io import PERCENTILES, fit_channels, intensity_range, map_to_uint8
 from segkit.errors import SegkitError
 from segkit.inference.sliding_window import gaussian_weight, window_starts
 
@@ -141,7 +141,7 @@ def open_source(path: str | Path, level: int = 0) -> RegionSource:
             series = tif.series[0]
             axes = series.axes
             n_levels = len(series.levels)
-            pixel_size = _tiff_pixel_size(tif)
+            pixel_size = tiff_pixel_size(tif)
     except (OSError, ValueError, tifffile.TiffFileError) as err:
         raise SegkitError(f"cannot read TIFF '{path}': {err}; expected a readable (OME-)TIFF") from None
     if not 0 <= level < n_levels:
@@ -155,7 +155,7 @@ def open_source(path: str | Path, level: int = 0) -> RegionSource:
     return RegionSource(path, levels[level], axes, pixel_size, levels, level)
 
 
-def _tiff_pixel_size(tif: Any) -> float | None:
+def tiff_pixel_size(tif: Any) -> float | None:
     """Micrometres per pixel from OME ``PhysicalSizeX`` or ImageJ resolution tags, when present."""
     import re
 
@@ -224,9 +224,7 @@ def intensity_map(source: RegionSource) -> tuple[float, float, str] | None:
         how = f"{len(ys) * len(xs)} tiles of {t} px spread over the image"
     if not np.all(np.isfinite(sample)):
         raise SegkitError(f"image '{source.path}' holds NaN/Inf values; expected finite intensities")
-    lo, hi = (float(v) for v in np.percentile(sample, PERCENTILES))
-    if hi <= lo:
-        hi = lo + 1.0
+    lo, hi = intensity_range(sample)
     return lo, hi, f"percentiles {PERCENTILES[0]}-{PERCENTILES[1]} of {how}: {lo:g}..{hi:g} -> 0..255"
 
 
@@ -236,21 +234,10 @@ def _yx(source: RegionSource, array: Any) -> tuple[int, int]:
 
 
 def to_uint8(region: np.ndarray, mapping: tuple[float, float, str] | None, in_channels: int, path: Path) -> np.ndarray:
-    """A region ``[h, w, C]`` as the network's uint8 ``[h, w, in_channels]`` (grey repeated to RGB)."""
-    if mapping is not None:
-        lo, hi, _ = mapping
-        region = np.clip((region.astype(np.float32) - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
-    c = region.shape[-1]
-    if c == in_channels:
-        return region
-    if c == 1 and in_channels == 3:
-        return np.repeat(region, 3, axis=-1)
-    if (c, in_channels) in ((4, 3), (2, 1)):
-        alpha = region[..., -1]
-        if alpha.min() < alpha.max() or int(alpha.min()) != 255:
-            raise SegkitError(f"image '{path}' has {c} channels with an alpha that is not fully opaque; expected {in_channels} channels")
-        return region[..., :-1]
-    raise SegkitError(f"image '{path}' has {c} channels; expected {in_channels} (the checkpoint's data.in_channels)")
+    """A region ``[h, w, C]`` as the network's uint8 ``[h, w, in_channels]``: channels fitted as for a whole
+    image (:func:`segkit.data.io.fit_channels`), then the image's one intensity map."""
+    region = fit_channels(region, path, in_channels)
+    return region if mapping is None else map_to_uint8(region, mapping[0], mapping[1])
 
 
 # --------------------------------------------------------------------------------------------------
