@@ -366,25 +366,46 @@ def _join_preview(pieces: list[tuple[int, np.ndarray, np.ndarray]]) -> list[tupl
 # writers
 
 
-def _tiles(strips: Iterator[np.ndarray], height: int, width: int, tile: int) -> Iterator[np.ndarray]:
+class RowBlocks:
+    """Full-width row strips of any height regrouped into blocks of exactly ``rows`` rows (the last one, at
+    :meth:`close`, shorter): output tile rows for the TIFF writer, chunk rows for zarr."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = int(rows)
+        self._buf: list[np.ndarray] = []
+        self._have = 0
+
+    def _take(self, whole: bool) -> list[np.ndarray]:
+        block = np.concatenate(self._buf) if len(self._buf) > 1 else self._buf[0]
+        n = (block.shape[0] // self.rows) * self.rows if whole else block.shape[0]
+        rest = block[n:]
+        self._buf, self._have = ([rest] if rest.shape[0] else []), rest.shape[0]
+        return [block[i:min(i + self.rows, n)] for i in range(0, n, self.rows)]
+
+    def add(self, strip: np.ndarray) -> list[np.ndarray]:
+        self._buf.append(strip)
+        self._have += strip.shape[0]
+        return self._take(whole=True) if self._have >= self.rows else []
+
+    def close(self) -> list[np.ndarray]:
+        return self._take(whole=False) if self._buf else []
+
+
+def _tiles(strips: Iterator[np.ndarray], width: int, tile: int) -> Iterator[np.ndarray]:
     """Raster-order ``tile x tile`` tiles (zero-padded at the borders) from full-width row strips."""
-    buf: list[np.ndarray] = []
-    have = 0
-    y = 0
-    for s in strips:
-        buf.append(s)
-        have += s.shape[0]
-        while have >= tile or (have and y + have >= height):
-            rows = np.concatenate(buf) if len(buf) > 1 else buf[0]
-            take = min(tile, rows.shape[0])
-            band, rest = rows[:take], rows[take:]
-            buf, have = ([rest] if rest.shape[0] else []), rest.shape[0]
-            for x in range(0, width, tile):
-                t = np.zeros((tile, tile) + band.shape[2:], band.dtype)
-                piece = band[:, x:x + tile]
-                t[:piece.shape[0], :piece.shape[1]] = piece
-                yield t
-            y += take
+    blocks = RowBlocks(tile)
+
+    def bands() -> Iterator[np.ndarray]:
+        for s in strips:
+            yield from blocks.add(s)
+        yield from blocks.close()
+
+    for band in bands():
+        for x in range(0, width, tile):
+            t = np.zeros((tile, tile) + band.shape[2:], band.dtype)
+            piece = band[:, x:x + tile]
+            t[:piece.shape[0], :piece.shape[1]] = piece
+            yield t
 
 
 def class_description(class_names: Sequence[str]) -> str:
@@ -396,50 +417,41 @@ def write_tiled_tiff(path: Path, strips: Iterator[np.ndarray], shape: tuple[int,
     """A tiled, zlib-compressed OME BigTIFF from full-width row strips, written as they come."""
     import tifffile
 
-    height, width = shape[:2]
+    width = shape[1]
     meta: dict[str, Any] = {"axes": "YX" if len(shape) == 2 else "YXS", "Name": name,
                             "Description": class_description(class_names)}
     if pixel_size:
         meta.update(PhysicalSizeX=pixel_size, PhysicalSizeY=pixel_size, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
     tmp = path.with_name(path.name + ".part")
-    tifffile.imwrite(tmp, _tiles(strips, height, width, OUT_TILE), shape=shape, dtype=dtype, tile=(OUT_TILE, OUT_TILE),
+    tifffile.imwrite(tmp, _tiles(strips, width, OUT_TILE), shape=shape, dtype=dtype, tile=(OUT_TILE, OUT_TILE),
                      compression="zlib", bigtiff=True, ome=True, metadata=meta,
                      photometric="minisblack", planarconfig="contig" if len(shape) == 3 else None)
     tmp.replace(path)
 
 
 class ZarrRows:
-    """Full-width row strips into a chunked zarr array, buffered to whole chunk rows (no partial chunk
-    is rewritten). ``channels_first`` arrays are ``[K, H, W]`` and take strips ``[h, W, K]``."""
+    """Full-width row strips into a chunked zarr array, written a whole chunk row at a time (:class:`RowBlocks`:
+    no partial chunk is rewritten). ``channels_first`` arrays are ``[K, H, W]`` and take strips ``[h, W, K]``."""
 
     def __init__(self, array: Any, chunk_rows: int, channels_first: bool = False) -> None:
-        self.array, self.chunk_rows, self.channels_first = array, int(chunk_rows), channels_first
-        self._rows: list[np.ndarray] = []
-        self._have = 0
+        self.array, self.channels_first = array, channels_first
+        self._blocks = RowBlocks(chunk_rows)
         self._y = 0
 
-    def add(self, rows: np.ndarray) -> None:
-        self._rows.append(rows)
-        self._have += rows.shape[0]
-        if self._have >= self.chunk_rows:
-            self._flush(whole=True)
+    def _write(self, block: np.ndarray) -> None:
+        if self.channels_first:
+            self.array[:, self._y:self._y + block.shape[0]] = np.moveaxis(block, -1, 0)
+        else:
+            self.array[self._y:self._y + block.shape[0]] = block
+        self._y += block.shape[0]
 
-    def _flush(self, whole: bool) -> None:
-        block = np.concatenate(self._rows) if len(self._rows) > 1 else self._rows[0]
-        take = (block.shape[0] // self.chunk_rows) * self.chunk_rows if whole else block.shape[0]
-        if take:
-            out = block[:take]
-            if self.channels_first:
-                self.array[:, self._y:self._y + take] = np.moveaxis(out, -1, 0)
-            else:
-                self.array[self._y:self._y + take] = out
-            self._y += take
-        rest = block[take:]
-        self._rows, self._have = ([rest] if rest.shape[0] else []), rest.shape[0]
+    def add(self, rows: np.ndarray) -> None:
+        for block in self._blocks.add(rows):
+            self._write(block)
 
     def close(self) -> None:
-        if self._rows:
-            self._flush(whole=False)
+        for block in self._blocks.close():
+            self._write(block)
 
 
 def ngff_group(path: Path, shape: tuple[int, ...], dtype: str, pixel_size: float | None, chunk: int, axes: str) -> tuple[Any, Any]:
