@@ -248,9 +248,7 @@ def merge_outputs(out: Path, extra: dict | None = None, wall_time_s: float | Non
     summary = {**settings, "images": [r["entry"] for r in records]}
     if wall_time_s is not None:
         summary["wall_time_s"] = wall_time_s
-    tmp = atomic_path(out / "predict.json")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    _publish(out / "predict.json")
+    rundir.write_json(out / "predict.json", summary)
     return summary
 
 
@@ -312,9 +310,7 @@ def predict_files(cfg: DictConfig, files: list[Path], out: Path, quiet: bool = F
                 entry = _predict_whole(path, modules, out, cfg, inference, tta, post, object_classes, edge_class, bar, tiles_task)
             record = {"image": str(path), "fingerprint": fingerprint, "settings": settings, "entry": entry,
                       "objects": entry.pop("objects_csv", None)}
-            rec_path = out / RECORDS / f"{entry['stem']}.json"
-            atomic_path(rec_path).write_text(json.dumps(record, indent=2) + "\n")
-            _publish(rec_path)
+            rundir.write_json(out / RECORDS / f"{entry['stem']}.json", record)
             entries.append(entry)
             bar.update(images_task, advance=1)
     finally:
