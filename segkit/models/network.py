@@ -105,6 +105,8 @@ def build_network(spec: Mapping[str, Any], source: str | Path = "the model confi
     except TypeError as err:
         raise SegkitError(f"'{source}': model {name} could not be built from {sorted(kwargs)} ({err}); "
                           f"expected the arguments of {cls.__name__}") from None
+    except ValueError as err:  # segkit's networks name the key and what they expected (e.g. model.encoder_weights)
+        raise SegkitError(str(err)) from None
 
 
 class SegNetwork(nn.Module):

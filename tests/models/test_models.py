@@ -353,6 +353,19 @@ def test_smp_errors_name_the_key() -> None:
         SMPModel(arch="Unet", encoder="resnet18", encoder_weights="imagenet")
 
 
+def test_a_bad_network_value_is_a_user_error_naming_the_key() -> None:
+    """build_network (training, resume, inference) turns a network's ValueError into segkit's one-sentence
+    user error (exit 2 on the command line), not a traceback."""
+    from segkit.errors import SegkitError
+    from segkit.models.network import build_network
+
+    spec = {"_target_": "segkit.models.SMPModel", "arch": "FPN", "encoder": "resnet18", "in_channels": 3, "num_classes": 2}
+    with pytest.raises(SegkitError, match=r"model\.encoder_weights is 'imagenet'.*never downloads"):
+        build_network({**spec, "encoder_weights": "imagenet"})
+    with pytest.raises(SegkitError, match=r"model\.arch.*'NotAnArch'"):
+        build_network({**spec, "arch": "NotAnArch"})
+
+
 def test_smp_encoder_weights_from_a_local_file(tmp_path) -> None:
     """Pretrained encoders offline: a state dict the test writes (nothing downloads), loaded exactly, checked."""
     import segmentation_models_pytorch as smp
