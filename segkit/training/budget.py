@@ -2,8 +2,8 @@
 
 The learning rate is a function of the planned run, not of the epoch: a linear warm-up over the first
 ``warmup`` share, then a cosine decay that reaches ``lr x final_lr_ratio`` at the last step. The last step is
-the one that leaves the final validation and segkit's re-evaluation of the best checkpoint just enough time
-before the deadline (a test split's evaluation comes after it), planned from the measured
+the one that leaves the final validation, segkit's re-evaluation of the best checkpoint and a margin of 1 % of
+the budget before the deadline (a test split's evaluation comes after it), planned from the measured
 seconds per training step and per validation and re-planned as the run goes (every ``replan_every`` steps and
 every epoch), so the run ends annealed, validated and checkpointed at the deadline on any machine, fast or
 slow, busy or idle; the last epoch may stop part-way. Validation runs every epoch while it costs at most
@@ -51,6 +51,8 @@ class BudgetSchedule(pl.Callback):
         self.set_lr = bool(set_lr)
         self.warmup, self.final_lr_ratio, self.val_share = float(warmup), float(final_lr_ratio), float(val_share)
         self.replan_every = max(1, int(replan_every))
+        self.margin = 0.01  # share of the budget kept free of planned steps
+        self._last_step_at: float | None = None  # elapsed seconds at the end of the last training step
         self.clock = clock or time.monotonic
         self.elapsed_before = 0.0  # seconds spent before a resume
         self.val_total = 0.0  # seconds spent validating, with its figures and checkpoints (since the start)
@@ -128,6 +130,7 @@ class BudgetSchedule(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         now = self.clock()
+        self._last_step_at = self.elapsed()
         spent = now - (self._prev_end if self._prev_end is not None else self._batch_t0)  # loading + step
         self._prev_end = now
         self._epoch_train += spent
@@ -145,6 +148,10 @@ class BudgetSchedule(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.fit_elapsed = self.elapsed()
+        if trainer.is_global_zero and self._last_step_at is not None:
+            say(f"budget: last training step (step {int(trainer.global_step)}) at {self._last_step_at:.1f} s, fit ended at "
+                f"{self.fit_elapsed:.1f} s of {self.seconds:.1f} s (final validation and checkpoints "
+                f"{self.fit_elapsed - self._last_step_at:.1f} s; planned {self.val_s or 0.0:.1f} s per validation)")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -182,8 +189,9 @@ class BudgetSchedule(pl.Callback):
             # steps S with: S * step_s + (S / steps_per_epoch) * (epoch overheads) + final val_s <= left
             fixed = min(self.fixed_s if self.fixed_s is not None else 0.0, val_s)
             per_step = self.step_s + (val_s / every + fixed * (1 - 1 / every)) / steps_per_epoch
-            # reserve: the final validation, and segkit's re-evaluation of the best checkpoint after fit
-            remaining = max(0, int((left - 2 * val_s) // per_step))
+            # reserve: the final validation, segkit's re-evaluation of the best checkpoint after fit, and a
+            # margin of 1 % of the budget for what no measurement foresees (a busy host's stall after the last plan)
+            remaining = max(0, int((left - 2 * val_s - self.margin * self.seconds) // per_step))
             stop = step + remaining
             if trainer.max_epochs is not None and trainer.max_epochs > 0:  # trainer.max_epochs given with the budget
                 stop = min(stop, int(trainer.max_epochs) * _batches_per_epoch(trainer))
