@@ -200,6 +200,7 @@ RULES: list[tuple[str, Check, str]] = [
     ("model.dropout", fraction, "a number in [0, 1) such as 0.5"),
     ("model.batch_norm", boolean, "true or false"),
     ("model.compile", boolean, "true or false"),
+    ("model.deep_supervision", boolean, "true or false"),
     ("model.upsampling", one_of("transpose", "bilinear"), "transpose or bilinear"),
     ("model.variant", one_of("32s", "16s", "8s"), "32s, 16s or 8s"),
     # eval, predict, tune_postprocess, export

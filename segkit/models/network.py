@@ -172,7 +172,10 @@ class SegNetwork(nn.Module):
         x = self.pad(self.normalize(image))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)[:, :, :h, :w]
+        out = self.net(x)
+        if isinstance(out, (list, tuple)):  # deep supervision in training: each output cropped at its own scale
+            return [o[:, :, : -(-h * o.shape[-2] // x.shape[-2]), : -(-w * o.shape[-1] // x.shape[-1])] for o in out]
+        return out[:, :, :h, :w]
 
     def metadata(self) -> dict[str, Any]:
         """What a deployment needs to feed the network and read its output (plain values)."""

@@ -61,6 +61,9 @@ class UNet(nn.Module):
     - 3x3 convs use padding 1, so the output has the input's size (the paper's valid convolutions shrink
       a 572x572 input to a 388x388 map and need overlap-tile inference with cropped skips);
     - optional BatchNorm after each conv (`batch_norm`; convs then drop their redundant bias).
+    With `deep_supervision`, 1x1 heads on the decoder stages at 1/2 .. 1/2**(depth-2) resolution give auxiliary
+    logits in training, each scored against the mask downsampled to its size (nnU-Net's deep supervision);
+    evaluation, prediction and export use the full-resolution head only.
     With `dropout > 0`, nn.Dropout2d is applied to the deepest encoder stage and the bottleneck
     ("drop-out layers at the end of the contracting path", as in the paper / EM write-up).
 
@@ -77,6 +80,7 @@ class UNet(nn.Module):
         upsampling: str = "transpose",
         batch_norm: bool = True,
         dropout: float = 0.0,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         if upsampling not in UPSAMPLING_MODES:
@@ -89,7 +93,11 @@ class UNet(nn.Module):
             raise ValueError(f"model.base_width must be positive, found {base_width}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), found {dropout}")
+        if deep_supervision and depth < 3:
+            raise ValueError(f"model.deep_supervision needs model.depth >= 3 (auxiliary outputs at 1/2 .. 1/2**(depth-2) "
+                             f"resolution), found depth {depth}")
         self.depth = depth
+        self.deep_supervision = bool(deep_supervision)
         self.widths = [base_width * 2**i for i in range(depth + 1)]
         self.output_stride = 2**depth
 
@@ -105,13 +113,19 @@ class UNet(nn.Module):
             Up(self.widths[i], self.widths[i - 1], upsampling, batch_norm) for i in range(depth, 0, -1)
         )
         self.head = nn.Conv2d(self.widths[0], num_classes, kernel_size=1)
+        # deep supervision (nnU-Net): a 1x1 head on each decoder stage at 1/2 .. 1/2**(depth-2) resolution, i.e.
+        # every stage but the lowest; aux[j - 1] reads level j
+        self.aux = nn.ModuleList(nn.Conv2d(self.widths[j], num_classes, kernel_size=1) for j in range(1, depth - 1)) \
+            if self.deep_supervision else nn.ModuleList()
 
         init_relu_convs(self)
         # The head feeds a softmax, not a ReLU.
-        nn.init.normal_(self.head.weight, std=0.01)
+        for head in (self.head, *self.aux):
+            nn.init.normal_(head.weight, std=0.01)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, in_channels, H, W] -> logits [N, num_classes, H, W]."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """[N, in_channels, H, W] -> logits [N, num_classes, H, W]. In training with ``deep_supervision``: a
+        list, the full-resolution logits first, then those at 1/2, 1/4, ... (inference never sees the list)."""
         x = self.inc(x)
         skips: list[torch.Tensor] = []
         for i, down in enumerate(self.down):
@@ -120,6 +134,11 @@ class UNet(nn.Module):
             skips.append(x)
             x = down(self.pool(x))
         x = self.dropout(x)  # bottleneck
-        for up, skip in zip(self.up, reversed(skips), strict=True):
+        aux: list[torch.Tensor] = []
+        for k, (up, skip) in enumerate(zip(self.up, reversed(skips), strict=True)):
             x = up(x, skip)
-        return self.head(x)
+            level = self.depth - 1 - k  # this stage's resolution is 1/2**level
+            if self.training and 1 <= level <= len(self.aux):
+                aux.append(self.aux[level - 1](x))
+        out = self.head(x)
+        return [out, *reversed(aux)] if aux else out

@@ -54,6 +54,7 @@ def measure_step_seconds(model_spec: dict[str, Any], batch: int, crop: int, chan
     import torch
 
     from segkit.models.network import build_network
+    from segkit.training.losses import deep_supervision_loss
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = build_network(model_spec, "the plan's candidate network").to(device, memory_format=torch.channels_last)
@@ -64,7 +65,8 @@ def measure_step_seconds(model_spec: dict[str, Any], batch: int, crop: int, chan
     for i in range(steps + 1):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
+        out = net(x)  # a list with deep supervision: every output's loss is part of the step
+        loss = deep_supervision_loss(torch.nn.functional.cross_entropy, out if isinstance(out, list) else [out], y)[0]
         loss.backward()
         opt.step()
         if device.type == "cuda":

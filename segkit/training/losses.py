@@ -25,6 +25,31 @@ def masked_probs(logits: torch.Tensor, target: torch.Tensor, num_classes: int,
     return probs * v, onehot * v, v
 
 
+def deep_supervision_weights(n: int) -> list[float]:
+    """nnU-Net's weights for ``n`` outputs, full resolution first: ``1 / 2**i``, normalised to sum 1."""
+    w = [0.5**i for i in range(n)]
+    return [v / sum(w) for v in w]
+
+
+def deep_supervision_loss(loss, outputs: Sequence[torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum_i w_i loss(outputs[i], target at outputs[i]'s size)``: each coarser output is scored against the
+    mask subsampled to its size (every k-th pixel of every k-th row at stride k, so no label is blended into
+    another and ignored pixels stay ignored), weighted as :func:`deep_supervision_weights`. Returns the weighted
+    sum (what is optimised) and the full-resolution term alone (comparable with a validation loss)."""
+    total, first = outputs[0].new_zeros((), dtype=torch.float32), None
+    for w, out in zip(deep_supervision_weights(len(outputs)), outputs, strict=True):
+        t = target
+        if out.shape[-2:] != target.shape[-2:]:
+            k = max(1, round(target.shape[-2] / out.shape[-2]))  # the output's stride: every k-th pixel of every k-th row
+            t = target[:, ::k, ::k]
+            if t.shape[-2:] != out.shape[-2:]:
+                t = F.interpolate(target[:, None].float(), size=out.shape[-2:], mode="nearest")[:, 0].to(target.dtype)
+        term = loss(out, t)
+        first = term if first is None else first
+        total = total + w * term
+    return total, first
+
+
 class SoftDiceLoss(nn.Module):
     """``1 - weighted mean_c (2 sum(p_c t_c) + s) / (sum(p_c) + sum(t_c) + s)``, softmax probabilities,
     sums pooled over the whole batch (more stable than per-image Dice for rare classes).

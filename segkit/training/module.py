@@ -21,7 +21,7 @@ from torchmetrics import MeanMetric
 from segkit.evaluation.metrics import ConfusionMatrix, flat_scores
 from segkit.models.network import SegNetwork, build_network, output_stride
 from segkit.registry import build_optimizer, build_scheduler, check_loss_spec
-from segkit.training.losses import build_loss
+from segkit.training.losses import build_loss, deep_supervision_loss
 
 STAGES = ("train", "val", "test")
 
@@ -152,8 +152,14 @@ class SegModule(pl.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         target = batch["mask"].long()
         logits = self(batch["image"])
-        loss = self.criterion(logits, target)
-        self.losses[f"{stage}_loss"].update(loss.detach(), weight=target.shape[0])
+        if isinstance(logits, list):  # deep supervision (training only): full resolution first
+            # the weighted sum over the scales is optimised; train/loss records the full-resolution term, the
+            # same quantity as val/loss, so the two curves stay comparable
+            loss, shown = deep_supervision_loss(self.criterion, logits, target)
+            logits = logits[0]
+        else:
+            loss = shown = self.criterion(logits, target)
+        self.losses[f"{stage}_loss"].update(shown.detach(), weight=target.shape[0])
         if stage == "train":
             # train/miou is a progress signal on random crops: counted on every second pixel of every second row
             # (a quarter of the pixels, evenly spread), which costs a fifth of the full argmax + count per step
