@@ -36,6 +36,7 @@ BAD_VALUES = {
     "+trainer.max_steps=0": "trainer.max_steps is 0; expected a positive whole number, or -1 for no step limit",
     "loss.dice_lambda=-1": "loss.dice_lambda is -1; expected a number >= 0 such as 1.0",
     "model.base_width=2.5": "model.base_width is 2.5; expected a positive whole number such as 16",
+    "model.deep_supervision=sometimes": "model.deep_supervision is 'sometimes'; expected true or false",
     "optimizer.lr=${data.name}": "optimizer.lr is 'synthetic_darkfield' (from ${data.name}); expected a positive number such as 1e-3",
     "loss.class_weights=[1,2]": "loss.class_weights has 2 values [1, 2]; expected 3 (one per class of data.class_names), or auto",
     "lr=${nope}": "lr is '${nope}', which does not resolve (interpolation key 'nope' not found); expected a positive number such as 1e-3",
