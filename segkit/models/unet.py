@@ -97,7 +97,6 @@ class UNet(nn.Module):
             raise ValueError(f"model.deep_supervision needs model.depth >= 3 (auxiliary outputs at 1/2 .. 1/2**(depth-2) "
                              f"resolution), found depth {depth}")
         self.depth = depth
-        self.deep_supervision = bool(deep_supervision)
         self.widths = [base_width * 2**i for i in range(depth + 1)]
         self.output_stride = 2**depth
 
@@ -115,8 +114,8 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(self.widths[0], num_classes, kernel_size=1)
         # deep supervision (nnU-Net): a 1x1 head on each decoder stage at 1/2 .. 1/2**(depth-2) resolution, i.e.
         # every stage but the lowest; aux[j - 1] reads level j
-        self.aux = nn.ModuleList(nn.Conv2d(self.widths[j], num_classes, kernel_size=1) for j in range(1, depth - 1)) \
-            if self.deep_supervision else nn.ModuleList()
+        levels = range(1, depth - 1) if deep_supervision else ()
+        self.aux = nn.ModuleList(nn.Conv2d(self.widths[j], num_classes, kernel_size=1) for j in levels)
 
         init_relu_convs(self)
         # The head feeds a softmax, not a ReLU.
