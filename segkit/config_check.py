@@ -111,6 +111,16 @@ def _odd(v: Any) -> bool:
     return positive_int(v) and v % 2 == 1
 
 
+def _postprocess_metric(v: Any) -> bool:
+    """A metric of the post-processing search (the class name is checked against the data later)."""
+    if not isinstance(v, str):
+        return False
+    kind, _, name = v.partition("/")
+    if not name:
+        return kind in ("miou", "mdice", "pixel_acc")
+    return kind in ("iou", "dice", "precision", "recall", "count_error", "ks") and bool(name)
+
+
 # Lightning's precision names (lightning_fabric.connector._PRECISION_INPUT) and segkit's auto
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "64-true", "16-true", "bf16-true", "transformer-engine",
               "transformer-engine-float16", "16", "32", "64", "bf16", 16, 32, 64)
@@ -125,6 +135,7 @@ RULES: list[tuple[str, Check, str]] = [
     ("lr", positive, "a positive number such as 1e-3"),
     ("plan", one_of("auto", "report", "off"), "auto, report or off"),
     ("postprocess_tuning", one_of("auto", "off"), "auto or off"),
+    ("postprocess_metric", or_null(_postprocess_metric), "null, miou, mdice, pixel_acc, <iou|dice|precision|recall>/<class> or <count_error|ks>/<class>"),
     ("cpu_allocator", one_of("tuned", "default"), "tuned or default"),
     ("budget", _budget, "a wall-clock duration such as 45m, 2h, 1h30m or 90s (a bare number is minutes), or null"),
     ("budget_schedule.warmup", fraction, "a fraction in [0, 1) such as 0.03"),
@@ -229,6 +240,8 @@ RULES: list[tuple[str, Check, str]] = [
     ("em_thresholds", list_of(probability, non_empty=True), "a non-empty list of probabilities in [0, 1] such as [0.5]"),
     ("em_connectivity", one_of(4, 8), "4 or 8"),
     ("em_background", one_of("segment", "singletons"), "segment or singletons"),
+    ("metric", _postprocess_metric, "miou, mdice, pixel_acc, <iou|dice|precision|recall>/<class> or <count_error|ks>/<class>"),
+    ("max_seconds", or_null(positive), "null or a positive number of seconds such as 600"),
     ("grid.thresholds", list_of(probability), "a list of probabilities in [0, 1] such as [0.5,0.7,0.9]"),
     ("grid.median_size", list_of(_odd), "a list of odd whole numbers >= 1 such as [3,5,7]"),
     ("grid.min_object_size", list_of(non_negative_int), "a list of whole numbers >= 0 (pixels) such as [10,30,100]"),
@@ -272,7 +285,7 @@ USAGE: dict[str, tuple[dict[str, str], str, str, str]] = {
     ),
     "tune_postprocess": (
         {"ckpt_path": CKPT_HINT},
-        "python -m segkit.tune_postprocess ckpt_path=<ckpt> [metric=miou|iou/<class>]",
+        "python -m segkit.tune_postprocess ckpt_path=<ckpt | [a.ckpt,b.ckpt]> [metric=miou|iou/<class>|count_error/<class>|ks/<class>]",
         "chooses post-processing (class thresholds, median filter, minimum object size) on the validation split and "
         "writes postprocess.json next to the checkpoint",
         f"python -m segkit.tune_postprocess ckpt_path={EXAMPLE_CKPT}",

@@ -37,6 +37,7 @@ BAD_VALUES = {
     "loss.dice_lambda=-1": "loss.dice_lambda is -1; expected a number >= 0 such as 1.0",
     "model.base_width=2.5": "model.base_width is 2.5; expected a positive whole number such as 16",
     "model.deep_supervision=sometimes": "model.deep_supervision is 'sometimes'; expected true or false",
+    "postprocess_metric=accuracy": "postprocess_metric is 'accuracy'; expected null, miou, mdice, pixel_acc, <iou|dice|precision|recall>/<class> or <count_error|ks>/<class>",
     "optimizer.lr=${data.name}": "optimizer.lr is 'synthetic_darkfield' (from ${data.name}); expected a positive number such as 1e-3",
     "loss.class_weights=[1,2]": "loss.class_weights has 2 values [1, 2]; expected 3 (one per class of data.class_names), or auto",
     "lr=${nope}": "lr is '${nope}', which does not resolve (interpolation key 'nope' not found); expected a positive number such as 1e-3",
@@ -102,6 +103,8 @@ def test_a_bad_value_is_one_sentence(tmp_path, override):
     ("predict", ["ckpt_path=a.ckpt", "input=x", "tta.flips=yes"], "tta.flips is 'yes'; expected true or false"),
     ("predict", ["ckpt_path=a.ckpt", "input=x", "device=gpu"], "device is 'gpu'; expected auto, cpu, cuda or cuda:<index>"),
     ("export", ["ckpt_path=a.ckpt", "format=tflite"], "format is 'tflite'; expected one of onnx, torchscript"),
+    ("tune_postprocess", ["ckpt_path=a.ckpt", "metric=ks"], "metric is 'ks'; expected miou, mdice, pixel_acc, <iou|dice|precision|recall>/<class> or <count_error|ks>/<class>"),
+    ("tune_postprocess", ["ckpt_path=a.ckpt", "max_seconds=0"], "max_seconds is 0; expected null or a positive number of seconds such as 600"),
     ("tune_postprocess", ["ckpt_path=a.ckpt", "grid.median_size=[3,4]"], "grid.median_size is [3, 4]; expected a list of odd whole numbers >= 1 such as [3,5,7]"),
 ])
 def test_bad_values_of_the_other_commands_and_combinations(tmp_path, config_name, overrides, sentence):

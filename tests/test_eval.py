@@ -147,5 +147,14 @@ def test_eval_of_an_ensemble_with_postprocessing_matches_a_manual_recount(traine
     assert result["pooled"]["iou/rbc"] == pytest.approx(inter / union, abs=1e-4)
     report = (tmp_path / "o" / "eval_report.md").read_text()
     assert "2 checkpoint(s) averaged in probability space" in report and "'min_object_size': 4" in report
-    with pytest.raises(SegkitError, match="run segkit.tune_postprocess first"):
-        _eval(tmp, f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'p'}", "postprocess=tuned")
+    from segkit.evaluation.postprocess_search import postprocess_file
+
+    record = postprocess_file(ckpt)  # the training run tuned one (postprocess_tuning=auto): set it aside
+    kept = record.read_bytes() if record.is_file() else None
+    record.unlink(missing_ok=True)
+    try:
+        with pytest.raises(SegkitError, match="run segkit.tune_postprocess with the same ckpt_path first"):
+            _eval(tmp, f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'p'}", "postprocess=tuned")
+    finally:
+        if kept is not None:
+            record.write_bytes(kept)

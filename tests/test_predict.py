@@ -105,11 +105,49 @@ def test_tune_postprocess_on_validation_then_predict_uses_it(ckpts, tmp_path):
     record = run_tune(cfg)
     saved = json.loads((ckpts[0].parent / "postprocess.json").read_text())
     assert saved["split"] == "val" and saved["after"] >= saved["before"] and saved == json.loads(json.dumps(record, default=float))
-    assert len(saved["trials"]) == 1 + 2 * (2 * 2 + 1 + 1)  # argmax, then two rounds over 2 classes x 2 thresholds, 1 median, 1 size
+    # argmax, then one round over 2 classes x 2 thresholds, 1 size, 1 median, and a second one if the first changed something
+    values = [t["miou"] for t in saved["trials"]]
+    assert len(values) in (1 + 6, 1 + 12) and saved["after"] == max(values) and saved["before"] == values[0]
     _images(tmp_path / "in", [(40, 40)])
     result = _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'o'}")
     assert "tune_postprocess" in result["summary"]["postprocess_source"]
     (ckpts[0].parent / "postprocess.json").unlink()
+
+
+def test_an_ensemble_is_tuned_as_a_whole_and_its_record_is_its_own(ckpts, tmp_path):
+    from segkit.evaluation.evaluate import eval_postprocess
+    from segkit.evaluation.postprocess_search import postprocess_file
+
+    for c in ckpts:  # the fixture's training runs tuned each checkpoint alone: start without those records
+        postprocess_file(c).unlink(missing_ok=True)
+    cfg = compose_cfg(tmp_path, [f"ckpt_path=[{ckpts[0]},{ckpts[1]}]", "grid.thresholds=[0.5,0.9]", "grid.median_size=[]",
+                                 "grid.min_object_size=[5]"], config_name="tune_postprocess")
+    record = run_tune(cfg)
+    path = postprocess_file(ckpts)
+    assert path.is_file() and path.parent == min(c.resolve() for c in ckpts).parent and path.name.startswith("postprocess_ensemble_")
+    assert not any(postprocess_file(c).exists() for c in ckpts)  # a member alone keeps no record of the ensemble's choice
+    assert record["checkpoints"] == [str(c) for c in ckpts]
+    # "before" is the ensemble's argmax: the mean of the two members' probabilities, computed here independently
+    from segkit.evaluation.evaluate import eval_data
+    from segkit.inference.load import load_network
+    from segkit.inference.predictor import predict_probs
+
+    dm, _ = eval_data(compose_cfg(tmp_path, [f"ckpt_path={ckpts[0]}"], config_name="tune_postprocess"), ckpts[0])
+    dm.prepare()
+    images, masks, _ = dm.arrays("val")
+    nets = [load_network(c, torch.device("cpu")) for c in ckpts]
+    k = len(nets[0].class_names)
+    cm = np.zeros((k, k), np.int64)
+    for im, m in zip(images, masks, strict=True):
+        pred = sum(predict_probs(n, im).numpy() for n in nets).argmax(0)
+        np.add.at(cm, (m.ravel().astype(np.int64), pred.ravel()), 1)
+    iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
+    assert record["before"] == pytest.approx(float(np.nanmean(iou)), abs=1e-6)
+    post, source = eval_postprocess("auto", ckpts)  # eval and predict of the same ensemble pick it up
+    assert post == json.loads(path.read_text())["postprocess"] and str(path) in source
+    assert eval_postprocess("auto", [ckpts[1], ckpts[0]])[0] == post  # the average has no order: the same record
+    assert eval_postprocess("auto", [ckpts[0], tmp_path / "other.ckpt"])[0] is None  # other members: not this one
+    path.unlink()
 
 
 def test_bad_inputs_are_one_sentence(ckpts, tmp_path):

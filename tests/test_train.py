@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from segkit.errors import SegkitError
 from segkit.training.fit import train
 from segkit.training.module import SegModule
 from tests.conftest import REPO, TINY_DATA, TINY_MODELS, cli_env, compose_cfg
@@ -243,3 +244,19 @@ def test_post_processing_is_tuned_on_validation_after_training(tmp_path):
     post, source = eval_postprocess("auto", best)  # eval's default picks the file up
     assert post == record["postprocess"] and str(rundir.postprocess_file(best)) in source
     assert json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["postprocess"] == tuned
+
+
+def test_post_processing_can_be_tuned_for_an_object_target(tmp_path):
+    from segkit import rundir
+
+    _, _, objects = _run(tmp_path, "trainer.max_epochs=1", "postprocess_metric=count_error/rbc")
+    record = json.loads(rundir.postprocess_file(objects["summary"]["checkpoint"]).read_text())
+    assert record["metric"] == "count_error/rbc" and record["higher_is_better"] is False
+    assert record["after"] <= record["before"]  # an error: kept only where it falls
+    assert min(t["count_error/rbc"] for t in record["trials"] if "count_error/rbc" in t) == record["after"]
+
+
+def test_an_unknown_class_in_postprocess_metric_stops_before_training(tmp_path):
+    with pytest.raises(SegkitError, match="'nucleus' is not a class of"):
+        _run(tmp_path, "trainer.max_epochs=1", "postprocess_metric=ks/nucleus")
+    assert not list((tmp_path).rglob("*.ckpt"))

@@ -99,21 +99,24 @@ def select_split(dm, split: str) -> tuple[list[np.ndarray], list[np.ndarray], li
     return images, masks, stems, split
 
 
-def eval_postprocess(value: Any, ckpt: Path) -> tuple[dict | None, str]:
-    """``postprocess``: null = argmax; ``tuned`` = postprocess.json next to the first checkpoint; ``auto`` = that
-    file when it exists (segkit.train tunes on validation after training), else argmax; or a mapping."""
+def eval_postprocess(value: Any, ckpt: Path | list[Path]) -> tuple[dict | None, str]:
+    """``postprocess``: null = argmax; ``tuned`` = postprocess.json next to the checkpoint (for an ensemble, the
+    record ``segkit.tune_postprocess`` wrote for these members); ``auto`` = that file when it exists
+    (segkit.train tunes on validation after training), else argmax; or a mapping."""
     if value is None:
         return None, "none (argmax)"
     if isinstance(value, str):
         if value not in ("tuned", "auto"):
             raise SegkitError(f"postprocess is '{value}'; expected null, auto, tuned, or a mapping of post-processing keys")
+        from segkit.evaluation.postprocess_search import postprocess_file
         from segkit.inference.files import load_postprocess
 
         post, source = load_postprocess(None, ckpt)
         if post is None and value == "auto":
-            return None, f"none (argmax; no {rundir.POSTPROCESS} next to the checkpoint)"
+            return None, f"none (argmax; no {postprocess_file(ckpt).name} next to the checkpoint)"
         if post is None:
-            raise SegkitError(f"postprocess=tuned but '{rundir.postprocess_file(ckpt)}' does not exist; run segkit.tune_postprocess first")
+            raise SegkitError(f"postprocess=tuned but '{postprocess_file(ckpt)}' does not exist; run segkit.tune_postprocess "
+                              "with the same ckpt_path first")
         return post, source
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value), "postprocess=... on the command line"
 
@@ -141,7 +144,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     images, masks, stems, split = select_split(dm, str(cfg.split))
     inference = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") else {}
     tta = OmegaConf.to_container(cfg.tta, resolve=True) if cfg.get("tta") else {}
-    post, post_source = eval_postprocess(cfg.get("postprocess"), ckpt)
+    post, post_source = eval_postprocess(cfg.get("postprocess"), ckpts)
     from segkit.evaluation.em import check_thresholds, em_report, membrane_class
 
     membrane = membrane_class(dm.format, dm.name, dm.format_options, dm.class_names, cfg.get("em_scores", "auto"))

@@ -1,76 +1,249 @@
 """Choose post-processing on the VALIDATION split: ``python -m segkit.tune_postprocess ckpt_path=<ckpt>``.
 
-A grid search, one parameter at a time (coordinate ascent, two rounds): a probability threshold per
-object class, then the median-filter window, then the minimum object size, each kept only when it
-raises ``metric`` (pooled over the validation images). The held-out test split is never touched. The
-choice and the validation metric before/after are printed and written to ``postprocess.json`` next to
-the checkpoint, which ``segkit.predict`` then uses by default.
+A grid search, one parameter at a time (coordinate ascent): a probability threshold per object class,
+then the minimum object size, then the median-filter window, each kept only when it improves ``metric``
+on the validation images; a second round only when the first changed something. The held-out test split
+is never touched. The choice, the validation metric before/after and every trial are written to
+``postprocess.json`` next to the checkpoint (``postprocess_ensemble_<id>.json`` for an ensemble), which
+``segkit.eval`` and ``segkit.predict`` then use by default.
+
+Metrics: pixel scores pooled over the validation images (``miou``, ``mdice``, ``pixel_acc``,
+``iou/<class>``, ``dice/<class>``, ...: higher is better) or object-level agreement with the validation
+masks (lower is better): ``count_error/<class>``, the pooled relative error of the object count
+(``|sum predicted - sum true| / sum true``), and ``ks/<class>``, the Kolmogorov-Smirnov distance D between
+the predicted and the true object areas pooled over the images (objects cut by the image border left out,
+as in ``segkit.eval``'s object report).
+
+Speed: the probabilities are predicted once; each median window is applied once per image and kept
+(memory permitting); a trial is then a threshold, a connected-component pass and a ``bincount``. The
+search stops at ``max_seconds`` and says so in the record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
+from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segkit import rundir
 from segkit.errors import SegkitError
 from segkit.evaluation.evaluate import eval_data, image_scores
-from segkit.evaluation.metrics import confusion_matrix
-from segkit.inference import postprocess
 from segkit.inference.load import load_network, resolve_device
+from segkit.inference.postprocess import (
+    apply_thresholds,
+    fill_holes,
+    median_filter_probs,
+    remove_small_objects,
+)
 from segkit.inference.predictor import predict_probs
 from segkit.logs import say
 
+#: object-level metrics (lower is better): name -> what it measures
+OBJECT_METRICS = {
+    "count_error": "|predicted - true| object count / true count, pooled over the validation images",
+    "ks": "Kolmogorov-Smirnov distance between predicted and true object areas, pooled over the validation images",
+}
+CACHE_BYTES = 4 * 1024**3  # median-filtered probabilities kept in memory at most
 
-def score(probs: list[np.ndarray], masks: list[np.ndarray], post: dict, class_names: list[str], ignore_index: int, metric: str) -> float:
-    k = len(class_names)
-    cm = torch.zeros(k, k, dtype=torch.long)
-    for p, m in zip(probs, masks, strict=True):
-        labels = postprocess(p, post) if post else p.argmax(0)
-        cm += confusion_matrix(torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(m.astype(np.int64)), k, ignore_index)
-    value = image_scores(cm, class_names).get(metric)
-    if value is None:
-        raise SegkitError(f"metric is '{metric}'; expected miou, mdice, pixel_acc or <iou|dice|precision|recall>/<class name>")
-    return float(value)
+
+def parse_metric(metric: str, class_names: Sequence[str]) -> tuple[str, int | None, bool]:
+    """``metric`` -> (kind, class index or None, higher is better); a sentence naming what is expected otherwise."""
+    expected = ("expected miou, mdice, pixel_acc, <iou|dice|precision|recall>/<class name> or "
+                "<count_error|ks>/<class name>")
+    kind, _, name = str(metric).partition("/")
+    if kind in OBJECT_METRICS:
+        if name not in class_names:
+            raise SegkitError(f"metric is '{metric}' but '{name}' is not a class of {list(class_names)}; {expected}")
+        return kind, list(class_names).index(name), False
+    if name and name not in class_names:
+        raise SegkitError(f"metric is '{metric}' but '{name}' is not a class of {list(class_names)}; {expected}")
+    if not name and kind not in ("miou", "mdice", "pixel_acc"):
+        raise SegkitError(f"metric is '{metric}'; {expected}")
+    return "pixel", None, True
+
+
+def _object_areas(labels: np.ndarray, cls: int, edge_class: int | None, background: int) -> np.ndarray:
+    """Areas of the objects of class ``cls`` (as ``segkit.eval`` splits them), those touching the border left out."""
+    from segkit.evaluation.objects import instances
+
+    inst, _ = instances(labels, [cls], edge_class if edge_class != cls else None, background)
+    if inst.max() == 0:
+        return np.zeros(0, dtype=np.int64)
+    areas = np.bincount(inst.ravel())
+    border = np.unique(np.concatenate([inst[0], inst[-1], inst[:, 0], inst[:, -1]]))
+    keep = np.ones(areas.size, dtype=bool)
+    keep[0] = False
+    keep[border] = False
+    present = areas > 0
+    return areas[keep & present]
+
+
+def _object_count(labels: np.ndarray, cls: int, edge_class: int | None, background: int) -> int:
+    from segkit.evaluation.objects import instances
+
+    _, inst_class = instances(labels, [cls], edge_class if edge_class != cls else None, background)
+    return len(inst_class)
+
+
+class Scorer:
+    """Scores post-processing configs on fixed validation probabilities and masks.
+
+    ``labels(post)`` gives, per image, exactly what :func:`segkit.inference.postprocess` gives for ``post``
+    (tested), with each median window computed once and kept."""
+
+    def __init__(self, probs: list[np.ndarray], masks: list[np.ndarray], class_names: Sequence[str], ignore_index: int,
+                 metric: str, edge_class: int | None = None, background: int = 0) -> None:
+        if not probs:
+            raise SegkitError("no validation images to tune post-processing on; expected at least one")
+        self.probs = [np.ascontiguousarray(p, dtype=np.float32) for p in probs]
+        self.masks = [np.asarray(m) for m in masks]
+        self.class_names = list(class_names)
+        self.k = len(self.class_names)
+        self.ignore_index, self.edge_class, self.background = ignore_index, edge_class, background
+        self.metric = metric
+        self.kind, self.cls, self.higher_better = parse_metric(metric, self.class_names)
+        per_size = sum(p.nbytes for p in self.probs)
+        self._cache: OrderedDict[int, list[np.ndarray]] = OrderedDict()
+        self._cache_entries = max(1, int(CACHE_BYTES // max(1, per_size)))
+        self.median_seconds: dict[int, float] = {}
+        if self.kind != "pixel":
+            valid = [m != ignore_index for m in self.masks]
+            truth = [np.where(v, m, background).astype(np.int64) for m, v in zip(self.masks, valid, strict=True)]
+            if self.kind == "ks":
+                self.true_areas = np.concatenate([_object_areas(t, self.cls, edge_class, background) for t in truth])
+            else:
+                self.true_count = sum(_object_count(t, self.cls, edge_class, background) for t in truth)
+        else:
+            self._flat_masks = [m.astype(np.int64).ravel() for m in self.masks]
+            self._valid = [(fm != ignore_index) & (fm >= 0) & (fm < self.k) for fm in self._flat_masks]
+
+    def filtered(self, size: int | None) -> list[np.ndarray]:
+        if not size or int(size) == 1:
+            return self.probs
+        size = int(size)
+        if size in self._cache:
+            self._cache.move_to_end(size)
+            return self._cache[size]
+        started = time.perf_counter()
+        out = [median_filter_probs(p, size) for p in self.probs]
+        self.median_seconds[size] = round(time.perf_counter() - started, 2)
+        self._cache[size] = out
+        while len(self._cache) > self._cache_entries:
+            self._cache.popitem(last=False)
+        return out
+
+    def labels(self, post: dict) -> list[np.ndarray]:
+        out = []
+        classes = post.get("object_classes")
+        for p in self.filtered(post.get("median_size")):
+            lab = apply_thresholds(p, post.get("thresholds"), background=self.background)
+            if post.get("min_object_size") is not None:
+                lab = remove_small_objects(lab, int(post["min_object_size"]), classes, background=self.background)
+            if post.get("fill_holes"):
+                lab = fill_holes(lab, classes, background=self.background)
+            out.append(lab)
+        return out
+
+    def value(self, post: dict) -> float:
+        labels = self.labels(post) if post else [p.argmax(0).astype(np.uint8) for p in self.probs]
+        if self.kind == "pixel":
+            import torch
+
+            cm = np.zeros(self.k * self.k, dtype=np.int64)
+            for lab, fm, valid in zip(labels, self._flat_masks, self._valid, strict=True):
+                cm += np.bincount(fm[valid] * self.k + lab.ravel()[valid].astype(np.int64), minlength=self.k * self.k)
+            value = image_scores(torch.from_numpy(cm.reshape(self.k, self.k)), self.class_names).get(self.metric)
+            if value is None:
+                raise SegkitError(f"metric is '{self.metric}'; expected miou, mdice, pixel_acc or <iou|dice|precision|recall>/<class name>")
+            return float(value)
+        if self.kind == "count_error":
+            count = sum(_object_count(lab, self.cls, self.edge_class, self.background) for lab in labels)
+            return abs(count - self.true_count) / max(1, self.true_count)
+        areas = np.concatenate([_object_areas(lab, self.cls, self.edge_class, self.background) for lab in labels])
+        if not areas.size or not self.true_areas.size:
+            return 1.0  # no objects on one side: the largest distance there is
+        from scipy import stats
+
+        return float(stats.ks_2samp(areas, self.true_areas).statistic)
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether ``a`` improves on ``b``."""
+        if math.isnan(a):
+            return False
+        if math.isnan(b):
+            return True
+        return a > b + 1e-9 if self.higher_better else a < b - 1e-9
 
 
 def tune(probs: list[np.ndarray], masks: list[np.ndarray], class_names: list[str], object_ids: list[int], ignore_index: int,
-         metric: str, grid: dict) -> tuple[dict, float, float, list[dict]]:
-    """Coordinate ascent over the grid; returns (chosen config, metric before, after, trials)."""
-    base: dict[str, Any] = {"object_classes": object_ids} if object_ids else {}
-    before = score(probs, masks, {}, class_names, ignore_index, metric)
+         metric: str, grid: dict, max_seconds: float | None = None, edge_class: int | None = None) -> tuple[dict, float, float, list[dict]]:
+    """Coordinate ascent over the grid; returns (chosen config, metric before, after, trials). Each trial
+    record has the config, its value and its seconds; a search cut by ``max_seconds`` ends with a record
+    ``{"stopped": ...}``."""
+    return search(probs, masks, class_names, object_ids, ignore_index, metric, grid, max_seconds, edge_class)[:4]
+
+
+def search(probs: list[np.ndarray], masks: list[np.ndarray], class_names: list[str], object_ids: list[int], ignore_index: int,
+           metric: str, grid: dict, max_seconds: float | None = None, edge_class: int | None = None,
+           clock: Any = time.perf_counter) -> tuple[dict, float, float, list[dict], Scorer]:
+    started = clock()
+    scorer = Scorer(probs, masks, class_names, ignore_index, metric, edge_class)
+    base: dict[str, Any] = {"object_classes": list(object_ids)} if object_ids else {}
+    before = scorer.value({})
     best, best_value = dict(base), before
-    trials = [{"postprocess": {}, metric: before}]
+    trials: list[dict] = [{"postprocess": {}, metric: before, "seconds": round(clock() - started, 3)}]
 
-    def attempt(candidate: dict) -> None:
+    class OutOfTime(Exception):
+        pass
+
+    def attempt(candidate: dict) -> bool:
         nonlocal best, best_value
-        value = score(probs, masks, candidate, class_names, ignore_index, metric)
-        trials.append({"postprocess": candidate, metric: value})
-        if value > best_value + 1e-9:
+        if max_seconds is not None and clock() - started > max_seconds:
+            raise OutOfTime
+        t0 = clock()
+        value = scorer.value(candidate)
+        trials.append({"postprocess": candidate, metric: value, "seconds": round(clock() - t0, 3)})
+        if scorer.better(value, best_value):
             best, best_value = candidate, value
+            return True
+        return False
 
-    for _ in range(2):
-        for c in object_ids:
-            for t in grid.get("thresholds", []):
-                thresholds = dict(best.get("thresholds", {}))
-                thresholds[c] = float(t)
-                attempt({**best, "thresholds": thresholds})
-        for size in grid.get("median_size", []):
-            attempt({**best, "median_size": int(size)})
-        for size in grid.get("min_object_size", []):
-            attempt({**best, "min_object_size": int(size)})
-    return best, before, best_value, trials
+    try:
+        for _ in range(2):
+            changed = False
+            for c in object_ids:
+                for t in grid.get("thresholds", []):
+                    thresholds = dict(best.get("thresholds", {}))
+                    thresholds[c] = float(t)
+                    changed |= attempt({**best, "thresholds": thresholds})
+            for size in grid.get("min_object_size", []):
+                changed |= attempt({**best, "min_object_size": int(size)})
+            for size in grid.get("median_size", []):
+                changed |= attempt({**best, "median_size": int(size)})
+            if not changed:
+                break
+    except OutOfTime:
+        trials.append({"stopped": f"max_seconds {max_seconds} reached after {len(trials) - 1} trials; the best so far is kept"})
+    if best == base and not scorer.better(best_value, before):
+        best = {}  # nothing helped: argmax
+    return best, before, best_value, trials, scorer
 
 
 def run_tune(cfg: DictConfig) -> dict[str, Any]:
     grid = OmegaConf.to_container(cfg.grid, resolve=True)
-    return tune_checkpoint(Path(str(cfg.ckpt_path)), str(cfg.metric), str(cfg.device), grid, cfg=cfg)
+    raw = cfg.ckpt_path
+    ckpts = [Path(str(p)) for p in raw] if isinstance(raw, ListConfig | list | tuple) else Path(str(raw))
+    max_seconds = cfg.get("max_seconds")
+    return tune_checkpoint(ckpts, str(cfg.metric), str(cfg.device), grid, cfg=cfg,
+                           max_seconds=None if max_seconds is None else float(max_seconds))
 
 
 def default_grid() -> dict[str, Any]:
@@ -80,30 +253,65 @@ def default_grid() -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "tune_postprocess.yaml").grid, resolve=True)
 
 
-def tune_checkpoint(ckpt: Path, metric: str, device: str = "auto", grid: dict[str, Any] | None = None,
-                    cfg: DictConfig | None = None, dm: Any | None = None) -> dict[str, Any]:
-    """Tune post-processing for ``ckpt`` on its run's validation split, write ``postprocess.json`` next to it,
-    print before/after; ``dm`` (a prepared datamodule of the same data and split) saves reading it again."""
+def postprocess_file(ckpts: Path | Sequence[Path]) -> Path:
+    """Where the choice for a checkpoint (``postprocess.json`` beside it) or an ensemble is kept: for an
+    ensemble, whose average does not depend on the members' order, ``postprocess_ensemble_<id>.json`` beside
+    the member whose resolved path sorts first, the id from the sorted resolved paths."""
+    if isinstance(ckpts, str | Path):
+        return rundir.postprocess_file(ckpts)
+    members = sorted({Path(p).resolve() for p in ckpts})
+    if len(members) == 1:
+        return rundir.postprocess_file(members[0])
+    ident = hashlib.sha256("\n".join(str(p) for p in members).encode()).hexdigest()[:12]
+    return members[0].parent / f"postprocess_ensemble_{ident}.json"
+
+
+def tune_checkpoint(ckpt: Path | Sequence[Path], metric: str, device: str = "auto", grid: dict[str, Any] | None = None,
+                    cfg: DictConfig | None = None, dm: Any | None = None, max_seconds: float | None = None) -> dict[str, Any]:
+    """Tune post-processing for ``ckpt`` (or an ensemble: a list, probabilities averaged) on its run's
+    validation split, write the record (:func:`postprocess_file`) and print before/after; ``dm`` (a prepared
+    datamodule of the same data and split) saves reading it again; ``max_seconds`` bounds the search (the
+    prediction of the validation images comes before it)."""
     started = time.perf_counter()
-    module = load_network(ckpt, resolve_device(device))
+    ckpts = [Path(ckpt)] if isinstance(ckpt, str | Path) else [Path(p) for p in ckpt]
+    dev = resolve_device(device)
+    modules = [load_network(p, dev) for p in ckpts]
+    names = list(modules[0].class_names)
+    for p, m in zip(ckpts[1:], modules[1:], strict=True):
+        if list(m.class_names) != names:
+            raise SegkitError(f"checkpoint '{p}' predicts {list(m.class_names)} but '{ckpts[0]}' predicts {names}; expected an ensemble over the same classes")
     if dm is None:
-        dm, source = eval_data(cfg if cfg is not None else OmegaConf.create({"data": None}), ckpt)
+        dm, source = eval_data(cfg if cfg is not None else OmegaConf.create({"data": None}), ckpts[0])
         dm.prepare()
     else:
         source = "the training run's data"
     if not dm.split.get("val"):
         raise SegkitError(f"data '{dm.name}' has no validation split; expected one (post-processing is tuned on validation, never on test)")
     images, masks, stems = dm.arrays("val")
-    probs = [predict_probs(module, im).numpy() for im in images]
-    names = list(module.class_names)
+    probs = []
+    for im in images:
+        total = None
+        for m in modules:
+            p = predict_probs(m, im).numpy().astype(np.float32)
+            total = p if total is None else total + p
+        probs.append(total / len(modules))
+    predict_s = time.perf_counter() - started
     object_ids = [names.index(c) for c in dm.object_classes if c in names]
+    edge = getattr(dm, "edge_class", None)
+    edge_id = names.index(edge) if isinstance(edge, str) and edge in names else (edge if isinstance(edge, int) else None)
     grid = grid if grid is not None else default_grid()
-    chosen, before, after, trials = tune(probs, masks, names, object_ids, dm.ignore_index, metric, grid)
-    record = {"postprocess": chosen, "metric": metric, "split": "val", "num_images": len(stems),
-              "before": before, "after": after, "grid": grid, "trials": trials, "data_source": source,
+    chosen, before, after, trials, scorer = search(probs, masks, names, object_ids, dm.ignore_index, metric, grid, max_seconds, edge_id)
+    stopped = next((t["stopped"] for t in trials if "stopped" in t), None)
+    record = {"postprocess": chosen, "metric": metric, "higher_is_better": scorer.higher_better, "split": "val",
+              "num_images": len(stems), "before": before, "after": after, "checkpoints": [str(p) for p in ckpts],
+              "grid": grid, "max_seconds": max_seconds, "stopped": stopped, "trials": trials, "data_source": source,
+              "predict_s": round(predict_s, 2), "median_filter_s": scorer.median_seconds,
               "wall_time_s": round(time.perf_counter() - started, 2)}
-    path = rundir.postprocess_file(ckpt)
-    path.write_text(json.dumps(record, indent=2, default=float) + "\n")
-    say(f"validation {metric}: {before:.4f} before, {after:.4f} after post-processing {json.dumps(chosen)}")
+    path = postprocess_file(ckpts)
+    rundir.write_json(path, record)
+    members = f"ensemble of {len(ckpts)}" if len(ckpts) > 1 else "checkpoint"
+    say(f"validation {metric} ({members}, {len(stems)} images): {before:.4f} before, {after:.4f} after post-processing "
+        f"{json.dumps(chosen)} ({len(trials) - 1 - bool(stopped)} trials, {record['wall_time_s']:.1f} s"
+        + (f"; {stopped}" if stopped else "") + ")")
     say(f"written to {path} (segkit.predict and segkit.eval use it by default)")
     return record

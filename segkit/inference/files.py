@@ -61,10 +61,14 @@ def pixel_size_of(path: Path) -> float | None:
         return None
 
 
-def load_postprocess(cfg_value: Any, ckpt: Path) -> tuple[dict | None, str]:
+def load_postprocess(cfg_value: Any, ckpts: Path | Sequence[Path]) -> tuple[dict | None, str]:
+    """The post-processing to apply: ``cfg_value`` when given, else the tuned record of this checkpoint (or of
+    this ensemble, its members in this order: ``segkit.tune_postprocess ckpt_path=[...]``), else None (argmax)."""
     if cfg_value is not None:
         return (OmegaConf.to_container(cfg_value, resolve=True) if isinstance(cfg_value, DictConfig) else dict(cfg_value)), "postprocess=... on the command line"
-    tuned = rundir.postprocess_file(ckpt)
+    from segkit.evaluation.postprocess_search import postprocess_file
+
+    tuned = postprocess_file(ckpts)
     if tuned.is_file():
         try:
             return json.loads(tuned.read_text())["postprocess"], f"{tuned} (segkit.tune_postprocess)"
@@ -280,7 +284,7 @@ def predict_files(cfg: DictConfig, files: list[Path], out: Path, quiet: bool = F
     for p, m in zip(ckpts[1:], modules[1:], strict=True):
         if m.class_names != names:
             raise SegkitError(f"checkpoint '{p}' predicts {m.class_names} but '{ckpts[0]}' predicts {names}; expected an ensemble over the same classes")
-    post, post_source = load_postprocess(cfg.get("postprocess"), ckpts[0])
+    post, post_source = load_postprocess(cfg.get("postprocess"), ckpts)
     data_cfg = run_data_config(ckpts[0])  # checked by load_network
     object_classes, edge_class = list(data_cfg.get("object_classes") or []), data_cfg.get("edge_class")
     inference = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") else {}

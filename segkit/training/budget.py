@@ -2,7 +2,8 @@
 
 The learning rate is a function of the planned run, not of the epoch: a linear warm-up over the first
 ``warmup`` share, then a cosine decay that reaches ``lr x final_lr_ratio`` at the last step. The last step is
-the one that leaves the final validation, segkit's re-evaluation of the best checkpoint and a margin of 1 % of
+the one that leaves the final validation, segkit's re-evaluation of the best checkpoint, the post-processing
+search when there is one (:func:`tuning_seconds` and one more validation's time) and a margin of 1 % of
 the budget before the deadline (a test split's evaluation comes after it), planned from the measured
 seconds per training step and per validation and re-planned as the run goes (every ``replan_every`` steps and
 every epoch), so the run ends annealed, validated and checkpointed at the deadline on any machine, fast or
@@ -46,8 +47,12 @@ class BudgetSchedule(pl.Callback):
     stops at the same step. ``clock`` is injectable for tests."""
 
     def __init__(self, seconds: float, warmup: float = 0.03, final_lr_ratio: float = 1e-3, val_share: float = 0.1,
-                 set_lr: bool = True, replan_every: int = 25, clock: Callable[[], float] | None = None) -> None:
+                 set_lr: bool = True, replan_every: int = 25, after_fit_s: float = 0.0, after_fit_vals: int = 0,
+                 clock: Callable[[], float] | None = None) -> None:
         self.seconds = float(seconds)
+        # kept free for what follows the fit: ``after_fit_s`` seconds plus ``after_fit_vals`` validations' time
+        # (post-processing tuning predicts the validation images once, then searches for ``after_fit_s``)
+        self.after_fit_s, self.after_fit_vals = max(0.0, float(after_fit_s)), max(0, int(after_fit_vals))
         self.set_lr = bool(set_lr)
         self.warmup, self.final_lr_ratio, self.val_share = float(warmup), float(final_lr_ratio), float(val_share)
         self.replan_every = max(1, int(replan_every))
@@ -189,9 +194,11 @@ class BudgetSchedule(pl.Callback):
             # steps S with: S * step_s + (S / steps_per_epoch) * (epoch overheads) + final val_s <= left
             fixed = min(self.fixed_s if self.fixed_s is not None else 0.0, val_s)
             per_step = self.step_s + (val_s / every + fixed * (1 - 1 / every)) / steps_per_epoch
-            # reserve: the final validation, segkit's re-evaluation of the best checkpoint after fit, and a
-            # margin of 1 % of the budget for what no measurement foresees (a busy host's stall after the last plan)
-            remaining = max(0, int((left - 2 * val_s - self.margin * self.seconds) // per_step))
+            # reserve: the final validation, segkit's re-evaluation of the best checkpoint after fit, the
+            # post-processing search when there is one, and a margin of 1 % of the budget for what no
+            # measurement foresees (a busy host's stall after the last plan)
+            reserve = (2 + self.after_fit_vals) * val_s + self.after_fit_s + self.margin * self.seconds
+            remaining = max(0, int((left - reserve) // per_step))
             stop = step + remaining
             if trainer.max_epochs is not None and trainer.max_epochs > 0:  # trainer.max_epochs given with the budget
                 stop = min(stop, int(trainer.max_epochs) * _batches_per_epoch(trainer))
@@ -233,14 +240,21 @@ def _batches_per_epoch(trainer: pl.Trainer) -> int:
     return max(1, int(n)) if math.isfinite(n) else 1
 
 
-def apply_budget(cfg: Any, spent: float = 0.0) -> float | None:
+def tuning_seconds(budget_s: float | None) -> float:
+    """Seconds the post-processing search after training may take: 3 % of the budget, 10 s to 5 min; 5 min
+    without a budget."""
+    return 300.0 if budget_s is None else float(min(300.0, max(10.0, 0.03 * budget_s)))
+
+
+def apply_budget(cfg: Any, spent: float = 0.0, tuning: bool = False) -> float | None:
     """``budget=45m`` on the training config: the epoch limit lifted (unless ``trainer.max_epochs`` was given),
     Lightning's ``max_time`` as a backstop 5 % + 1 min past the deadline, the epoch scheduler replaced by
     :class:`BudgetSchedule` (unless a ``scheduler`` was given: then it is kept, the budget only ends the run),
     and the callback added to ``cfg.callbacks`` so that ``run_config.yaml`` records it. Returns the budget in
     seconds, or None when there is none. ``spent``: seconds the command has already used (reading the data,
     planning): the run's own budget is what is left of it. Applying it twice (a resume) changes nothing
-    but that."""
+    but that. ``tuning``: post-processing is tuned after the fit, and the plan keeps its time free
+    (:func:`tuning_seconds` and one more validation's time)."""
     from omegaconf import open_dict
 
     from segkit.training.job import task_overrides
@@ -251,6 +265,9 @@ def apply_budget(cfg: Any, spent: float = 0.0) -> float | None:
     given = {o.lstrip("+~").partition("=")[0] for o in task_overrides()}
     own_scheduler = any(k == "scheduler" or k.startswith("scheduler.") for k in given)
     options = dict(cfg.get("budget_schedule") or {})
+    if tuning:
+        options.setdefault("after_fit_s", tuning_seconds(seconds))
+        options.setdefault("after_fit_vals", 1)
     with open_dict(cfg):
         if not own_scheduler and "trainer.max_epochs" not in given:
             cfg.trainer.max_epochs = -1

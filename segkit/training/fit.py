@@ -132,7 +132,8 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
         say(f"plan ({record['mode']}; python -m segkit.plan shows it without training):\n{record['table']}")
     weights = resolve_class_weights(_plain(cfg.loss), dm)
     rank_zero_only(dm.write_records)(output_dir, {"class_weights": weights, "weight_method": cfg.loss.get("weight_method") if weights else None})
-    apply_budget(cfg, spent=time.perf_counter() - started)  # budget=45m: time-based lr; recorded in run_config.yaml
+    tunes = will_tune(cfg, dm)
+    apply_budget(cfg, spent=time.perf_counter() - started, tuning=tunes)  # budget=45m: time-based lr; recorded in run_config.yaml
     apply_training_options(cfg)  # ema_decay, early_stopping_patience: callbacks recorded in run_config.yaml
     rank_zero_only(write_run_config)(cfg, output_dir, dm)
     if weights is not None:
@@ -160,7 +161,7 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
         trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=True if best else None, verbose=False)
         metrics.update(_stage_metrics(trainer, module, "test"))
 
-    tuning = tune_after_training(cfg, trainer, dm, best) if trainer.is_global_zero else None
+    tuning = tune_after_training(cfg, trainer, dm, best) if trainer.is_global_zero and tunes else None
     summary = {
         "metrics": {k: _finite(v) for k, v in sorted(metrics.items())},
         "postprocess": tuning,
@@ -182,21 +183,41 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
     return metrics, {"datamodule": dm, "module": module, "trainer": trainer, "summary": summary}
 
 
-def tune_after_training(cfg: DictConfig, trainer: pl.Trainer, dm: SegDataModule, best: str | None) -> dict[str, Any] | None:
-    """``postprocess_tuning=auto``: per-class probability thresholds, median filter and minimum object size for
-    the data's object classes, tuned on VALIDATION for ``optimized_metric`` (each knob kept only where it raises
-    it), written to ``postprocess.json`` next to the best checkpoint; eval and predict use it by default."""
+def will_tune(cfg: DictConfig, dm: SegDataModule) -> bool:
+    """Whether post-processing is tuned after training: ``postprocess_tuning=auto``, the data has object
+    classes and a validation split, and ``postprocess_metric`` (or else ``optimized_metric``) is one the search
+    can improve."""
+    if str(cfg.get("postprocess_tuning", "auto")) != "auto" or not dm.object_classes or not dm.split.get("val"):
+        return False
+    if cfg.get("postprocess_metric"):
+        from segkit.evaluation.postprocess_search import parse_metric
+
+        parse_metric(str(cfg.postprocess_metric), list(dm.class_names))  # a wrong name fails before training, not after
+        return True
     metric = str(cfg.get("optimized_metric") or "val/miou")
-    if str(cfg.get("postprocess_tuning", "auto")) != "auto" or not best or not dm.object_classes or not dm.split.get("val"):
-        return None
-    if not (metric == "val/miou" or metric.startswith("val/iou/")):
-        say(f"post-processing not tuned: optimized_metric {metric} is not val/miou or val/iou/<class>")
+    if not (metric in ("val/miou", "val/mdice", "val/pixel_acc") or metric.split("/")[1:2] in (["iou"], ["dice"])):
+        rank_zero_only(say)(f"post-processing not tuned: optimized_metric {metric} is not val/miou, val/mdice, val/pixel_acc, "
+                            "val/iou/<class> or val/dice/<class>")
+        return False
+    return True
+
+
+def tune_after_training(cfg: DictConfig, trainer: pl.Trainer, dm: SegDataModule, best: str | None) -> dict[str, Any] | None:
+    """Per-class probability thresholds, minimum object size and median filter for the data's object classes,
+    tuned on VALIDATION for ``postprocess_metric`` or else ``optimized_metric`` (each knob kept only where it
+    improves it; :func:`will_tune`
+    says when), written to ``postprocess.json`` next to the best checkpoint; eval and predict use it by
+    default. The search is bounded by :func:`segkit.training.budget.tuning_seconds`, which a budget keeps free."""
+    if not best:
         return None
     from segkit.evaluation.postprocess_search import tune_checkpoint
+    from segkit.training.budget import parse_budget, tuning_seconds
 
+    metric = str(cfg.get("postprocess_metric") or cfg.get("optimized_metric") or "val/miou")
     device = "cpu" if str(trainer.strategy.root_device.type) == "cpu" else "auto"
-    record = tune_checkpoint(Path(best), metric.removeprefix("val/"), device, dm=dm)
-    return {k: record[k] for k in ("postprocess", "metric", "split", "before", "after")}
+    record = tune_checkpoint(Path(best), metric.removeprefix("val/"), device, dm=dm,
+                             max_seconds=tuning_seconds(parse_budget(cfg.get("budget"))))
+    return {k: record[k] for k in ("postprocess", "metric", "split", "before", "after", "stopped", "wall_time_s")}
 
 
 def hparam_summary(cfg: DictConfig) -> dict[str, Any]:

@@ -185,3 +185,26 @@ def test_a_plan_that_runs_out_at_an_unvalidated_epoch_end_still_ends_with_a_vali
     trainer.global_step += 1
     cb.on_train_batch_end(trainer, None, None, None, 0)
     assert trainer.should_stop and trainer.check_val_every_n_epoch == 1  # stops part-way, and Lightning validates
+
+
+@pytest.mark.parametrize("after_fit_s", [30.0, 120.0])
+def test_time_kept_for_the_post_processing_search_is_left_free(after_fit_s):
+    # a budget with post-processing tuning keeps its search time plus one validation free after the fit
+    budget, steps, step, val = 600.0, 20, 0.2, 1.0
+    plain = simulate(budget, steps, lambda t: step, val)
+    tuned = simulate(budget, steps, lambda t: step, val, after_fit_s=after_fit_s, after_fit_vals=1)
+    free = budget - tuned["used"]
+    assert free >= after_fit_s + val  # what the search needs is there after the fit
+    assert free <= after_fit_s + val + 0.01 * budget + 3 * step + 3 * val  # and not much more
+    # the planned steps shrink by about the reserved time (epoch-end validations are part of the step cost)
+    fewer = len(plain["lrs"]) - len(tuned["lrs"])
+    assert (after_fit_s + val) / step * 0.8 <= fewer <= (after_fit_s + val) / step * 1.2 + steps
+    assert tuned["lrs"][-1] <= 0.01 * 0.02  # still annealed
+
+
+def test_tuning_seconds_follow_the_budget():
+    from segkit.training.budget import tuning_seconds
+
+    assert tuning_seconds(None) == 300.0
+    assert tuning_seconds(45 * 60) == pytest.approx(81.0)  # 3 % of 45 min
+    assert tuning_seconds(60) == 10.0 and tuning_seconds(10 * 3600) == 300.0
