@@ -13,7 +13,8 @@ With a ``budget`` (the choices that spend compute):
 - ``data.crop_size``: the largest multiple of 32 that fits the median image's short side, at most 256 on a
   CPU (512 on a GPU), and at least twice the median diameter of the largest objects when the images allow.
 - ``data.crops_per_image`` so that an epoch has at least 32 steps (validation cadence and
-  class cycling need epochs of some length), and ``model.base_width`` as the widest candidate whose measured
+  class cycling need epochs of some length), with at most 8 crops of one image (or 4x a large image's area in
+  crops: one 1040 x 800 image gets 48 crops of 256, three batches of 16) and at least one full batch; and ``model.base_width`` as the widest candidate whose measured
   step time still gives 1,500 optimizer steps in 85 % of the budget (darkfield: width 8 was still improving
   after 1,920 steps; width 16 managed 300 in 45 minutes on one core and stalled).
 """
@@ -110,10 +111,17 @@ def _compute(fp: dict[str, Any], cfg: Any, machine: dict[str, Any], budget_s: fl
         why += f"; raised to hold 2 x the largest objects' median diameter ({max(diameters):.0f} px)"
     items.append(PlanItem("data.crop_size", crop, why))
     batch = int(cfg.data.get("batch_size", 8))
-    cpi = min(8, max(1, math.ceil(32 * batch / max(1, fp["num_images"]))))
+    n = max(1, fp["num_images"])
+    # crops of one image per epoch: at most 8, or 4x the median image's area in crops when the images are large
+    # (one 1040 x 800 image: 51 crops of 256), and at least one full batch per epoch
+    cover = max(8, math.ceil(4 * fp["height"]["median"] * fp["width"]["median"] / crop**2))
+    cpi = max(min(cover, math.ceil(32 * batch / n)), math.ceil(batch / n))
+    if n == 1 and cpi > batch:
+        cpi -= cpi % batch  # one image: whole batches, no short last one
+    steps = n * cpi // batch
+    aim = ">= 32" if steps >= 32 else f"the aim is >= 32, but at most {cover} crops of one image per epoch"
     items.append(PlanItem("data.crops_per_image", cpi,
-                          f"{fp['num_images']} train images x {cpi} crops / batch {batch} = "
-                          f"{fp['num_images'] * cpi // batch} steps per epoch (>= 32)"))
+                          f"{fp['num_images']} train images x {cpi} crops / batch {batch} = {steps} steps per epoch ({aim})"))
     items += _width(cfg, fp, budget_s, crop, batch, measure)
     return items
 

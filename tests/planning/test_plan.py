@@ -128,3 +128,16 @@ def test_plan_command_prints_the_fingerprint_and_the_table(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "segkit.plan", *args, "budget=soon"], cwd=REPO, env=cli_env(),
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "budget" in bad.stderr and "45m" in bad.stderr
+
+
+def test_one_large_image_gets_whole_batches_of_crops(tmp_path):
+    # phase_bacteria: ONE 1040 x 800 train image. 8 crops per epoch would be half a batch of 16 (a one-step epoch
+    # of 8 crops); 4x its area in 256 px crops is ceil(4 x 832000 / 65536) = 51, cut to whole batches: 48
+    cfg = compose_cfg(tmp_path, TINY_DATA + ["model=unet", "data.batch_size=16"])
+    fp = {**_fp(0.05), "num_images": 1, "height": {"median": 1040}, "width": {"median": 800}}
+    items = _items(make_plan(fp, cfg, {"gpus": []}, 900, measure=lambda *a: 1.0))
+    assert items["data.crop_size"].value == 256
+    assert items["data.crops_per_image"].value == 48 and "3 steps per epoch" in items["data.crops_per_image"].reason
+    few = _items(make_plan({**fp, "num_images": 3, "height": {"median": 256}, "width": {"median": 256}}, cfg, {"gpus": []}, 900,
+                           measure=lambda *a: 1.0))
+    assert few["data.crops_per_image"].value == 8  # small images: at most 8 crops of each (3 x 8 = 24: a full batch and a short one)
