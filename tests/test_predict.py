@@ -53,14 +53,14 @@ def test_predict_a_directory_of_mixed_sizes_and_a_large_image(ckpts, tmp_path, s
     _images(tmp_path / "in", sizes)
     out = tmp_path / "out"
     result = _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={out}", "inference.tile=256",
-                      "save_probabilities=true")
+                      "save_probabilities=true", "postprocess={}")  # {}: argmax, whatever the training run tuned
     assert len(result["files"]) == 3
     for i, (h, w) in enumerate(sizes):
         labels = np.asarray(Image.open(out / f"img{i}_labels.png"))
         assert labels.shape == (h, w) and labels.max() <= 2
         probs = np.load(out / f"img{i}_probs.npy")
         assert probs.shape == (3, h, w) and np.allclose(probs.sum(0), 1, atol=1e-4)
-        np.testing.assert_array_equal(labels, probs.argmax(0))  # no post-processing configured
+        np.testing.assert_array_equal(labels, probs.argmax(0))  # postprocess={}: none
         tif = tifffile.TiffFile(out / f"img{i}_labels.tif")
         assert "1=rbc" in tif.imagej_metadata["Info"]
         np.testing.assert_array_equal(tif.asarray(), labels)
