@@ -43,7 +43,7 @@ from segkit.inference.postprocess import (
     median_filter_probs,
     remove_small_objects,
 )
-from segkit.inference.predictor import predict_probs
+from segkit.inference.predictor import label_probs
 from segkit.logs import say
 
 #: object-level metrics (lower is better): name -> what it measures
@@ -183,17 +183,12 @@ class Scorer:
         return a > b + 1e-9 if self.higher_better else a < b - 1e-9
 
 
-def tune(probs: list[np.ndarray], masks: list[np.ndarray], class_names: list[str], object_ids: list[int], ignore_index: int,
-         metric: str, grid: dict, max_seconds: float | None = None, edge_class: int | None = None) -> tuple[dict, float, float, list[dict]]:
-    """Coordinate ascent over the grid; returns (chosen config, metric before, after, trials). Each trial
-    record has the config, its value and its seconds; a search cut by ``max_seconds`` ends with a record
-    ``{"stopped": ...}``."""
-    return search(probs, masks, class_names, object_ids, ignore_index, metric, grid, max_seconds, edge_class)[:4]
-
-
 def search(probs: list[np.ndarray], masks: list[np.ndarray], class_names: list[str], object_ids: list[int], ignore_index: int,
            metric: str, grid: dict, max_seconds: float | None = None, edge_class: int | None = None,
            clock: Any = time.perf_counter) -> tuple[dict, float, float, list[dict], Scorer]:
+    """Coordinate ascent over the grid; returns (chosen config, metric before, after, trials, the scorer). Each
+    trial record has the config, its value and its seconds; a search cut by ``max_seconds`` ends with a record
+    ``{"stopped": ...}``."""
     started = clock()
     scorer = Scorer(probs, masks, class_names, ignore_index, metric, edge_class)
     base: dict[str, Any] = {"object_classes": list(object_ids)} if object_ids else {}
@@ -288,17 +283,11 @@ def tune_checkpoint(ckpt: Path | Sequence[Path], metric: str, device: str = "aut
     if not dm.split.get("val"):
         raise SegkitError(f"data '{dm.name}' has no validation split; expected one (post-processing is tuned on validation, never on test)")
     images, masks, stems = dm.arrays("val")
-    probs = []
-    for im in images:
-        total = None
-        for m in modules:
-            p = predict_probs(m, im).numpy().astype(np.float32)
-            total = p if total is None else total + p
-        probs.append(total / len(modules))
+    predict = label_probs(modules, {}, {})  # eval's path: one model or the ensemble's mean probabilities
+    probs = [predict(im).numpy() for im in images]
     predict_s = time.perf_counter() - started
     object_ids = [names.index(c) for c in dm.object_classes if c in names]
-    edge = getattr(dm, "edge_class", None)
-    edge_id = names.index(edge) if isinstance(edge, str) and edge in names else (edge if isinstance(edge, int) else None)
+    edge_id = names.index(dm.edge_class) if dm.edge_class in names else None
     grid = grid if grid is not None else default_grid()
     chosen, before, after, trials, scorer = search(probs, masks, names, object_ids, dm.ignore_index, metric, grid, max_seconds, edge_id)
     stopped = next((t["stopped"] for t in trials if "stopped" in t), None)

@@ -63,7 +63,7 @@ def pixel_size_of(path: Path) -> float | None:
 
 def load_postprocess(cfg_value: Any, ckpts: Path | Sequence[Path]) -> tuple[dict | None, str]:
     """The post-processing to apply: ``cfg_value`` when given, else the tuned record of this checkpoint (or of
-    this ensemble, its members in this order: ``segkit.tune_postprocess ckpt_path=[...]``), else None (argmax)."""
+    this ensemble, in any order: ``segkit.tune_postprocess ckpt_path=[...]``), else None (argmax)."""
     if cfg_value is not None:
         return (OmegaConf.to_container(cfg_value, resolve=True) if isinstance(cfg_value, DictConfig) else dict(cfg_value)), "postprocess=... on the command line"
     from segkit.evaluation.postprocess_search import postprocess_file
