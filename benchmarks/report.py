@@ -402,7 +402,7 @@ def render(r: dict) -> str:
         "transfer and gain nothing: `data.num_workers: 0` stays the default (on any core count; raise it only for a "
         "dataset whose per-sample loading is expensive).",
         "",
-    ] + objects_section(r.get("objects")) + large_section(r.get("large")) + [
+    ] + objects_section(r.get("objects")) + large_section(r.get("large")) + train_data_section(r.get("train_data")) + [
         "## Batched augmentation (one CPU thread)",
         "",
         f"A batch of {aug['batch'][0]} uint8 {aug['batch'][1]}x{aug['batch'][2]}x{aug['batch'][3]} images + masks, every "
@@ -456,6 +456,26 @@ def objects_section(ob: dict | None) -> list[str]:
                 L.append(f"| {name} | {v['objects']} | {v['new_s']} | {v['reference_s']} | {v.get('equal')} |")
     elif sd:
         L += ["", f"Real masks: {sd['skipped']}."]
+    return L + [""]
+
+
+def train_data_section(td: dict | None) -> list[str]:
+    """Section 10: training data read from large images (data.storage=disk vs memory)."""
+    if not td:
+        return []
+    L = ["## 10. Training data from images larger than memory", "",
+         "A folder with one large RGB tiled TIFF (zlib, 512 px tiles) and its mask TIFF, plus two 256 px PNG pairs; "
+         "`SegDataModule.prepare()` (reading, the check of every pixel, the train statistics) with `data.storage=disk` "
+         f"(tiles of {td.get('tile', 2048)} px read from the file for each crop) and `memory` (every tile decoded once), then {td['batches']} "
+         f"batches of {td['batch']} random {td['crop']} px crops through `train_dataloader`. One fresh process per case; "
+         "peak RSS above the RSS after imports.", "",
+         f"With `disk` the peak grows x{td['disk_peak_ratio']} from {td['cases'][0]['size']:,}^2 to {td['cases'][-1]['size']:,}^2 "
+         f"({td['cases'][-1]['size'] ** 2 / td['cases'][0]['size'] ** 2:.0f}x the pixels).", "",
+         "| input | storage | tiles | decoded MB | prepare s | crops/s | peak above imports MB |", "|---|---|---|---|---|---|---|"]
+    for c in td["cases"]:
+        for st in ("disk", "memory"):
+            x = c[st]
+            L.append(f"| {c['size']:,}^2 | {st} | {x['tiles']} | {x['decoded_mb']} | {x['prepare_s']} | {x['crops_per_s']} | {x['peak_above_imports_mb']} |")
     return L + [""]
 
 

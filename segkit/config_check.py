@@ -158,6 +158,8 @@ RULES: list[tuple[str, Check, str]] = [
     ("data.ignore_index", _int, "a whole number such as 255"),
     ("data.sampling", one_of("uniform", "class_balanced"), "uniform or class_balanced"),
     ("data.normalize", one_of("dataset", "none"), "dataset or none"),
+    ("data.storage", one_of("auto", "memory", "disk"), "auto, memory or disk"),
+    ("data.tile_size", lambda v: _int(v) and v >= 64, "a whole number of pixels >= 64 such as 2048"),
     *[(f"data.augment.{k}", boolean, "true or false") for k in ("hflip", "vflip", "rot90")],
     *[(f"data.augment.{k}", probability, "a probability in [0, 1] such as 0.5") for k in ("affine_p", "elastic_p", "blur_p")],
     ("ema_decay", or_null(lambda v: _number(v) and 0 < v < 1), "null or a number in (0, 1) such as 0.999"),

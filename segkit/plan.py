@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         mach = record["machine"]
         print(f"data={cfg.data.get('name')} root={dm.root} (fingerprint {record['fingerprint']['source']})")
         print(fingerprint_text(record["fingerprint"]))
+        if dm.storage_record.get("region_tiles"):
+            from segkit.data.regions import storage_line
+
+            print(storage_line(dm))
         gpus = ", ".join(f"{g['name']} {g['memory_gb']} GB" for g in mach["gpus"]) or "none"
         budget = f"{record['budget_s'] / 60:.1f} min" if record["budget_s"] else "none (epoch-based: give budget=45m to plan the compute too)"
         print(f"machine: {mach['cpu_cores']} CPU cores, torch threads {mach['torch_threads']}, GPUs: {gpus}; budget: {budget}\n")

@@ -25,6 +25,7 @@ from segkit.data.datasets import (
     mix_seed,
 )
 from segkit.data.formats import ReadContext, Reading, read_dataset
+from segkit.data.regions import STORAGE_MODES, choose_storage, decode
 from segkit.data.stats import DatasetStats, compute_stats
 from segkit.data.synthetic import SyntheticSpec, ensure_synthetic
 from segkit.data.validate import check_samples, check_train_classes
@@ -146,6 +147,8 @@ class SegDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         object_classes: list[str] | None = None,
         edge_class: str | None = None,
+        storage: str = "auto",
+        tile_size: int = 2048,
     ) -> None:
         super().__init__()
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
@@ -182,6 +185,13 @@ class SegDataModule(pl.LightningDataModule):
         #: the next training batch's seed (set before its transfer to the device, used after)
         self._batch_seed: int | None = None
         self.normalize = normalize
+        if storage not in STORAGE_MODES:
+            raise SegkitError(f"data.storage is '{storage}'; expected one of {', '.join(STORAGE_MODES)}")
+        if int(tile_size) < 64:
+            raise SegkitError(f"data.tile_size is {tile_size}; expected at least 64 px (large images are cut into tiles of this size)")
+        self.storage, self.tile_size = storage, int(tile_size)
+        #: how the samples are kept (memory or disk), why, and the numbers behind it (see segkit.data.regions)
+        self.storage_record: dict[str, Any] = {}
         self.split: dict[str, list[str]] = {}
         self.stats: DatasetStats | None = None
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -192,7 +202,7 @@ class SegDataModule(pl.LightningDataModule):
         """Read every sample with the configured format and check it; problems are collected, not raised."""
         if self.synthetic is not None:
             ensure_synthetic(self.root, self.synthetic)
-        ctx = ReadContext(self.root, self.in_channels, self.num_classes or None, self.value_map, self.layout, self.source)
+        ctx = ReadContext(self.root, self.in_channels, self.num_classes or None, self.value_map, self.layout, self.source, self.tile_size)
         reading = read_dataset(self.format, ctx, self.format_options)
         if reading.class_names and not self.class_names:
             self.class_names, self.num_classes = list(reading.class_names), len(reading.class_names)
@@ -213,7 +223,13 @@ class SegDataModule(pl.LightningDataModule):
         if reading.split is not None:
             return {k: list(reading.split.get(k, [])) for k in SPLITS}
         groups = {s.stem: s.group for s in reading.samples}
-        return make_split(stems, self.val_fraction, self.test_fraction, self.split_seed, groups, self.fold, self.num_folds)
+        try:
+            return make_split(stems, self.val_fraction, self.test_fraction, self.split_seed, groups, self.fold, self.num_folds)
+        except SegkitError as err:
+            if not self.storage_record.get("region_tiles"):
+                raise
+            raise SegkitError(f"{err} (the tiles of a large image are one group; data.format_options.tile_groups=tile splits "
+                              "them like images, with neighbouring tiles in train and val)") from None
 
     def prepare(self) -> None:
         """Read, validate, split and compute train statistics (idempotent). Every problem found is
@@ -223,6 +239,9 @@ class SegDataModule(pl.LightningDataModule):
         reading = self.read()
         if reading.problems:
             raise SegkitError(problem_summary(reading.problems, self.root))
+        self.storage_record = choose_storage(reading.samples, self.storage)
+        if self.storage_record["mode"] == "memory":
+            decode(reading.samples)
         self._cache = {s.stem: (s.image, s.mask) for s in reading.samples}
         self.groups = {s.stem: s.group for s in reading.samples}
         self.split = self.make_split(reading)
@@ -284,7 +303,8 @@ class SegDataModule(pl.LightningDataModule):
         out.mkdir(parents=True, exist_ok=True)
         splits = {"root": str(self.root), "seed": self.split_seed, "fold": self.fold, **self.split}
         rundir.write_json(rundir.RunDir(out).splits, splits)
-        stats = {"split": "train", "class_names": self.class_names, "stats_source": self.stats_source, **self.stats.to_dict(), **(extra_stats or {})}
+        stats = {"split": "train", "class_names": self.class_names, "stats_source": self.stats_source, **self.stats.to_dict(),
+                 "storage": self.storage_record, **(extra_stats or {})}
         rundir.write_json(rundir.RunDir(out).data_stats, stats)
 
     @property

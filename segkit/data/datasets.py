@@ -58,7 +58,7 @@ class RandomCropDataset(Dataset):
             rng = np.random.default_rng(0)
             centres: list[list[np.ndarray]] = [[] for _ in range(k)]
             for i, m in enumerate(masks):
-                flat = m.ravel()
+                flat = np.asarray(m).ravel()  # a tile of a large image is read here (once, at the start)
                 for c in range(k):
                     where = np.flatnonzero(flat == c)
                     if len(where) > max_centres:
@@ -86,21 +86,24 @@ class RandomCropDataset(Dataset):
         g = torch.Generator().manual_seed(mix_seed(self.seed, key))
         centre = self._centre(index, g) if self.sampling == "class_balanced" else None
         i = centre[0] if centre else index % len(self.images)
-        image, mask = _to_chw(self.images[i]), torch.from_numpy(self.masks[i])
+        source, labels = self.images[i], self.masks[i]
         s = self.crop_size
-        _, h, w = image.shape
-        if h < s or w < s:
-            ph, pw = max(s - h, 0), max(s - w, 0)
-            image = torch.nn.functional.pad(image, (0, pw, 0, ph), value=0)
-            mask = torch.nn.functional.pad(mask, (0, pw, 0, ph), value=self.ignore_index)
-            h, w = mask.shape
+        h0, w0 = labels.shape
+        # an image smaller than the crop is padded to it (image 0, mask ignore_index) at its bottom and right
+        h, w = max(h0, s), max(w0, s)
         if centre:  # the crop's centre pixel (s // 2, s // 2) is the chosen pixel, shifted inside the image
             y = min(max(centre[1] - s // 2, 0), h - s)
             x = min(max(centre[2] - s // 2, 0), w - s)
         else:
             y = int(torch.randint(0, h - s + 1, (), generator=g))
             x = int(torch.randint(0, w - s + 1, (), generator=g))
-        image, mask = image[:, y : y + s, x : x + s], mask[y : y + s, x : x + s]
+        # only the crop is read: a view of a decoded array, or the region of a large image on disk
+        image = _to_chw(np.asarray(source[y : min(y + s, h0), x : min(x + s, w0)]))
+        mask = torch.from_numpy(np.asarray(labels[y : min(y + s, h0), x : min(x + s, w0)]))
+        ch, cw = mask.shape
+        if ch < s or cw < s:
+            image = torch.nn.functional.pad(image, (0, s - cw, 0, s - ch), value=0)
+            mask = torch.nn.functional.pad(mask, (0, s - cw, 0, s - ch), value=self.ignore_index)
         return {"image": image.contiguous(), "mask": mask.contiguous(), "key": key}
 
 
@@ -115,7 +118,8 @@ class WholeImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": _to_chw(self.images[index]), "mask": torch.from_numpy(self.masks[index]), "index": index}
+        # np.asarray: a tile of a large image (segkit.data.regions) is read here
+        return {"image": _to_chw(np.asarray(self.images[index])), "mask": torch.from_numpy(np.asarray(self.masks[index])), "index": index}
 
 
 def mix_seed(*parts: int) -> int:

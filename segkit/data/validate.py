@@ -12,6 +12,8 @@ import numpy as np
 
 from segkit.data.formats import Sample
 from segkit.data.io import LOSSY_SUFFIXES, parse_value_map
+from segkit.data.regions import RegionArray
+from segkit.errors import SegkitError
 
 
 def _suggest_value_map(values: list[int], num_classes: int, ignore_index: int) -> str:
@@ -29,13 +31,15 @@ def check_sample(
 ) -> list[str]:
     """Problems of one decoded sample (empty when it is fine); ``value_map`` is the one the mask was read with."""
     problems = []
-    image, mask = sample.image, sample.mask
+    # a tile of a large image may be uniform (empty glass of a slide scan): blank is only a problem of a whole image
+    tile = isinstance(sample.image, RegionArray)
+    image, mask = np.asarray(sample.image), sample.mask
     if image.shape[:2] != mask.shape:
         problems.append(
             f"mask '{sample.mask_source}' is {mask.shape[1]}x{mask.shape[0]} but image '{sample.source}' is "
             f"{image.shape[1]}x{image.shape[0]} (width x height); expected the same size"
         )
-    if image.size and int(image.min()) == int(image.max()):
+    if not tile and image.size and int(image.min()) == int(image.max()):
         problems.append(f"image '{sample.source}' is blank (every pixel {int(image.min())}); expected an image with content (remove it or fix the export)")
     if values is None:  # the mask's distinct values (check_samples passes them, computed once)
         values = [int(v) for v in np.unique(mask)]
@@ -74,8 +78,12 @@ def check_samples(
     values: set[int] = set()
     per_mask: list[tuple[Sample, set[int]]] = []
     for s in samples:
-        mask_values = [int(v) for v in np.unique(s.mask)]
-        problems += check_sample(s, num_classes, ignore_index, mask_values, value_map)
+        try:  # a tile of a large image is read here (segkit.data.regions): what it finds is one problem
+            mask_values = [int(v) for v in np.unique(np.asarray(s.mask))]
+            problems += check_sample(s, num_classes, ignore_index, mask_values, value_map)
+        except SegkitError as err:
+            problems.append(str(err))
+            continue
         values.update(mask_values)
         per_mask.append((s, set(mask_values)))
     if samples and values == {0, ignore_index} and ignore_index == 255:

@@ -55,6 +55,7 @@ def evaluate(
     rows, preds = [], []
     for image, mask, stem in zip(images, masks, stems, strict=True):
         pred = np.asarray(predict_labels(image)).astype(np.uint8)
+        mask = np.asarray(mask)  # a tile of a large image (segkit.data.regions) is read here
         cm = confusion_matrix(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)), k, ignore_index)
         pooled += cm
         rows.append({"image": stem, "pixels": int(cm.sum()), **image_scores(cm, class_names)})
@@ -142,6 +143,9 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     if dm.in_channels != module.norm_mean.shape[1]:
         raise SegkitError(f"data.in_channels is {dm.in_channels} but checkpoint '{ckpt}' expects {module.norm_mean.shape[1]} channels")
     images, masks, stems, split = select_split(dm, str(cfg.split))
+    # tiles of large images (segkit.data.regions) stay on disk until predicted; their masks are read here, as the
+    # predictions (1 byte per pixel each) are kept for the report anyway
+    masks = [np.asarray(m) for m in masks]
     inference = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") else {}
     tta = OmegaConf.to_container(cfg.tta, resolve=True) if cfg.get("tta") else {}
     post, post_source = eval_postprocess(cfg.get("postprocess"), ckpts)

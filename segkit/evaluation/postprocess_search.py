@@ -283,6 +283,7 @@ def tune_checkpoint(ckpt: Path | Sequence[Path], metric: str, device: str = "aut
     if not dm.split.get("val"):
         raise SegkitError(f"data '{dm.name}' has no validation split; expected one (post-processing is tuned on validation, never on test)")
     images, masks, stems = dm.arrays("val")
+    masks = [np.asarray(m) for m in masks]  # tiles of large images are read here (the probabilities take 4 x K times more)
     predict = label_probs(modules, {}, {})  # eval's path: one model or the ensemble's mean probabilities
     probs = [predict(im).numpy() for im in images]
     predict_s = time.perf_counter() - started

@@ -7,6 +7,8 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
+
 from segkit import rundir
 from segkit.evaluation.metrics import ABSENT_CLASS_POLICY
 
@@ -94,8 +96,8 @@ def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, i
     worst = []
     for rank, i in enumerate(order):
         path = out / "worst" / f"{rank + 1:02d}_{stems[i]}.png"
-        worst_overlay_png(images[i], masks[i], result["predictions"][i], class_names, path, f"{stems[i]}: mIoU {_fmt(rows[i]['miou'])} (0-1)")
-        fp, fn = error_shares(masks[i], result["predictions"][i])
+        worst_overlay_png(np.asarray(images[i]), np.asarray(masks[i]), result["predictions"][i], class_names, path, f"{stems[i]}: mIoU {_fmt(rows[i]['miou'])} (0-1)")
+        fp, fn = error_shares(np.asarray(masks[i]), result["predictions"][i])
         worst.append((stems[i], rows[i]["miou"], fp, fn, path.relative_to(out)))
     fp_colour, fn_colour = error_colour_names(len(class_names))
 

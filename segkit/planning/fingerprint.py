@@ -47,7 +47,7 @@ def compute_fingerprint(images: list[np.ndarray], masks: list[np.ndarray], class
     channels = int(images[0].shape[-1]) if images else 0
     sample = []
     for img in images:
-        flat = img.reshape(-1, channels)
+        flat = np.asarray(img).reshape(-1, channels)  # a tile of a large image is read here
         step = max(1, flat.shape[0] // _INTENSITY_SAMPLE)
         sample.append(flat[::step])
     values = np.concatenate(sample) if sample else np.zeros((0, channels), np.uint8)
@@ -57,6 +57,7 @@ def compute_fingerprint(images: list[np.ndarray], masks: list[np.ndarray], class
     areas: list[list[int]] = [[] for _ in range(k)]
     thick: list[list[float]] = [[] for _ in range(k)]
     for mask in masks:
+        mask = np.asarray(mask)
         m = mask[mask != ignore_index]
         counts = np.bincount(m.ravel(), minlength=k)[:k]
         pixels += counts

@@ -18,6 +18,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from segkit import rundir
 from segkit.data import SegDataModule
+from segkit.data.regions import storage_line
 from segkit.data.stats import class_weights as compute_class_weights
 from segkit.errors import SegkitError
 from segkit.evaluation.metrics import ABSENT_CLASS_POLICY, flat_scores
@@ -115,6 +116,8 @@ def _train(cfg: DictConfig, started: float, stage: dict[str, str]) -> tuple[dict
 
     dm: SegDataModule = instantiate(cfg.data, _convert_="all")
     dm.prepare()
+    if dm.storage_record.get("region_tiles"):
+        rank_zero_only(say)(storage_line(dm))
     if cfg.data.get("class_names") is None or cfg.data.get("num_classes") is None:  # named by the data (codes.txt)
         with open_dict(cfg):
             cfg.data.class_names, cfg.data.num_classes = list(dm.class_names), dm.num_classes

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,12 +20,13 @@ from segkit.errors import SegkitError
 
 @dataclass
 class Sample:
-    """One decoded image: ``image`` ``[H, W, C]`` uint8, ``mask`` ``[H, W]`` uint8 class ids.
+    """One image: ``image`` ``[H, W, C]`` uint8, ``mask`` ``[H, W]`` uint8 class ids, decoded arrays or, for a
+    tile of a large image, :class:`segkit.data.regions.RegionArray` views read on access.
     ``group`` is the unit a split never divides (patient, slice, region); ``source`` names the file(s)."""
 
     stem: str
-    image: np.ndarray
-    mask: np.ndarray
+    image: np.ndarray | Any
+    mask: np.ndarray | Any
     group: str
     source: str
     mask_source: str = ""
@@ -53,6 +55,8 @@ class ReadContext:
     value_map: dict | None = None
     layout: str = ""
     source: str = ""
+    #: large images (OME-Zarr, TIFFs over 4 tiles) are cut into tiles of this many px (segkit.data.regions)
+    tile_size: int = 2048
 
     def missing_root(self) -> SegkitError:
         where = f" Get it from {self.source} and set data.root to its folder." if self.source else ""
