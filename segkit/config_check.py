@@ -244,6 +244,7 @@ RULES: list[tuple[str, Check, str]] = [
     ("em_background", one_of("segment", "singletons"), "segment or singletons"),
     ("metric", _postprocess_metric, "miou, mdice, pixel_acc, <iou|dice|precision|recall>/<class> or <count_error|ks>/<class>"),
     ("max_seconds", or_null(positive), "null or a positive number of seconds such as 600"),
+    ("check_folds", lambda v: _int(v) and (v == 0 or v >= 2), "0 (off) or a whole number of folds >= 2 such as 2"),
     ("grid.thresholds", list_of(probability), "a list of probabilities in [0, 1] such as [0.5,0.7,0.9]"),
     ("grid.median_size", list_of(_odd), "a list of odd whole numbers >= 1 such as [3,5,7]"),
     ("grid.min_object_size", list_of(non_negative_int), "a list of whole numbers >= 0 (pixels) such as [10,30,100]"),

@@ -43,6 +43,8 @@ BAD_VALUES = {
     "lr=${nope}": "lr is '${nope}', which does not resolve (interpolation key 'nope' not found); expected a positive number such as 1e-3",
     "paths.data_dir=${nope}/x": "paths.data_dir is '${nope}/x', which does not resolve (interpolation key 'nope' not found); "
                                 "expected a plain value or an interpolation that names an existing key, such as ${paths.root_dir}",
+    "data.storage=ram": "data.storage is 'ram'; expected auto, memory or disk",
+    "data.tile_size=32": "data.tile_size is 32; expected a whole number of pixels >= 64 such as 2048",
     "data.root=???": "data.root is not set (???); expected a value, e.g. data.root=<value> on the command line",
 }
 # only a handful through the real CLI: each call costs seconds of imports
@@ -105,6 +107,7 @@ def test_a_bad_value_is_one_sentence(tmp_path, override):
     ("export", ["ckpt_path=a.ckpt", "format=tflite"], "format is 'tflite'; expected one of onnx, torchscript"),
     ("tune_postprocess", ["ckpt_path=a.ckpt", "metric=ks"], "metric is 'ks'; expected miou, mdice, pixel_acc, <iou|dice|precision|recall>/<class> or <count_error|ks>/<class>"),
     ("tune_postprocess", ["ckpt_path=a.ckpt", "max_seconds=0"], "max_seconds is 0; expected null or a positive number of seconds such as 600"),
+    ("tune_postprocess", ["ckpt_path=a.ckpt", "check_folds=1"], "check_folds is 1; expected 0 (off) or a whole number of folds >= 2 such as 2"),
     ("tune_postprocess", ["ckpt_path=a.ckpt", "grid.median_size=[3,4]"], "grid.median_size is [3, 4]; expected a list of odd whole numbers >= 1 such as [3,5,7]"),
 ])
 def test_bad_values_of_the_other_commands_and_combinations(tmp_path, config_name, overrides, sentence):

@@ -232,13 +232,40 @@ def search(probs: list[np.ndarray], masks: list[np.ndarray], class_names: list[s
     return best, before, best_value, trials, scorer
 
 
+def fold_check(probs: list[np.ndarray], masks: list[np.ndarray], class_names: list[str], object_ids: list[int], ignore_index: int,
+               metric: str, grid: dict, folds: int, max_seconds: float | None = None, edge_class: int | None = None,
+               seed: int = 0) -> dict[str, Any]:
+    """How much of the tuning's gain holds on images it did not see: the val images dealt into ``folds`` seeded
+    folds; for each, the search runs on the other folds and its choice is scored on that fold, beside the
+    argmax there. Returns the rows and the means over the held-out folds (per class IoU for pixel metrics)."""
+    n = len(probs)
+    if not 2 <= folds <= n:
+        raise SegkitError(f"check_folds is {folds}; expected 0 (off) or 2..{n} (the number of validation images)")
+    order = np.random.default_rng(seed).permutation(n)
+    rows = []
+    for f in range(folds):
+        held = sorted(int(i) for i in order[f::folds])
+        rest = [i for i in range(n) if i not in set(held)]
+        chosen, _, _, _, _ = search([probs[i] for i in rest], [masks[i] for i in rest], class_names, object_ids, ignore_index,
+                                    metric, grid, max_seconds, edge_class)
+        scorer = Scorer([probs[i] for i in held], [masks[i] for i in held], class_names, ignore_index, metric, edge_class)
+        row: dict[str, Any] = {"held_out": held, "postprocess": chosen, "before": scorer.value({}), "after": scorer.value(chosen)}
+        if scorer.kind == "pixel":
+            for c in class_names:
+                per_class = Scorer([probs[i] for i in held], [masks[i] for i in held], class_names, ignore_index, f"iou/{c}", edge_class)
+                row[f"iou/{c}"] = [per_class.value({}), per_class.value(chosen)]
+        rows.append(row)
+    return {"folds": folds, "seed": seed, "rows": rows, "mean_before": float(np.mean([r["before"] for r in rows])),
+            "mean_after": float(np.mean([r["after"] for r in rows]))}
+
+
 def run_tune(cfg: DictConfig) -> dict[str, Any]:
     grid = OmegaConf.to_container(cfg.grid, resolve=True)
     raw = cfg.ckpt_path
     ckpts = [Path(str(p)) for p in raw] if isinstance(raw, ListConfig | list | tuple) else Path(str(raw))
     max_seconds = cfg.get("max_seconds")
     return tune_checkpoint(ckpts, str(cfg.metric), str(cfg.device), grid, cfg=cfg,
-                           max_seconds=None if max_seconds is None else float(max_seconds))
+                           max_seconds=None if max_seconds is None else float(max_seconds), check_folds=int(cfg.get("check_folds") or 0))
 
 
 def default_grid() -> dict[str, Any]:
@@ -262,11 +289,13 @@ def postprocess_file(ckpts: Path | Sequence[Path]) -> Path:
 
 
 def tune_checkpoint(ckpt: Path | Sequence[Path], metric: str, device: str = "auto", grid: dict[str, Any] | None = None,
-                    cfg: DictConfig | None = None, dm: Any | None = None, max_seconds: float | None = None) -> dict[str, Any]:
+                    cfg: DictConfig | None = None, dm: Any | None = None, max_seconds: float | None = None,
+                    check_folds: int = 0) -> dict[str, Any]:
     """Tune post-processing for ``ckpt`` (or an ensemble: a list, probabilities averaged) on its run's
     validation split, write the record (:func:`postprocess_file`) and print before/after; ``dm`` (a prepared
     datamodule of the same data and split) saves reading it again; ``max_seconds`` bounds the search (the
-    prediction of the validation images comes before it)."""
+    prediction of the validation images comes before it). ``check_folds=k`` (k >= 2) adds :func:`fold_check`'s
+    out-of-fold estimate to the record (the choice itself is still made on every val image)."""
     started = time.perf_counter()
     ckpts = [Path(ckpt)] if isinstance(ckpt, str | Path) else [Path(p) for p in ckpt]
     dev = resolve_device(device)
@@ -297,11 +326,18 @@ def tune_checkpoint(ckpt: Path | Sequence[Path], metric: str, device: str = "aut
               "grid": grid, "max_seconds": max_seconds, "stopped": stopped, "trials": trials, "data_source": source,
               "predict_s": round(predict_s, 2), "median_filter_s": scorer.median_seconds,
               "wall_time_s": round(time.perf_counter() - started, 2)}
+    if check_folds:
+        record["fold_check"] = fold_check(probs, masks, names, object_ids, dm.ignore_index, metric, grid, check_folds, max_seconds, edge_id)
     path = postprocess_file(ckpts)
     rundir.write_json(path, record)
     members = f"ensemble of {len(ckpts)}" if len(ckpts) > 1 else "checkpoint"
     say(f"validation {metric} ({members}, {len(stems)} images): {before:.4f} before, {after:.4f} after post-processing "
         f"{json.dumps(chosen)} ({len(trials) - 1 - bool(stopped)} trials, {record['wall_time_s']:.1f} s"
         + (f"; {stopped}" if stopped else "") + ")")
+    if check_folds:
+        fc = record["fold_check"]
+        say(f"{check_folds}-fold check (tuned on the other folds, scored on each held-out fold): {metric} "
+            + ", ".join(f"{r['before']:.4f} -> {r['after']:.4f}" for r in fc["rows"])
+            + f"; mean {fc['mean_before']:.4f} -> {fc['mean_after']:.4f}")
     say(f"written to {path} (segkit.predict and segkit.eval use it by default)")
     return record

@@ -135,3 +135,36 @@ def test_unknown_metrics_and_classes_are_one_sentence():
         parse_metric("count_error/nucleus", NAMES)
     with pytest.raises(SegkitError, match="metric is 'accuracy'; expected miou"):
         parse_metric("accuracy", NAMES)
+
+
+def test_the_fold_check_scores_each_fold_with_a_choice_made_without_it():
+    from segkit.evaluation.postprocess_search import fold_check
+
+    true = np.zeros((32, 32), np.int64)
+    true[4:12, 4:12] = 1
+    probs, masks = [], []
+    for i in range(4):
+        pred = true.copy()
+        conf = np.full(true.shape, 0.95, np.float32)
+        if i < 3:  # a false positive at low confidence: a threshold of 0.7 removes it
+            pred[20:26, 20:26] = 1
+            conf[20:26, 20:26] = 0.62
+        else:  # the true object itself at low confidence: the same threshold removes it
+            conf[4:12, 4:12] = 0.62
+        probs.append(_probs(pred, conf))
+        masks.append(true)
+    grid = {"thresholds": [0.7], "median_size": [], "min_object_size": []}
+    check = fold_check(probs, masks, NAMES, [1], 255, "iou/cell", grid, folds=4)
+    rows = {r["held_out"][0]: r for r in check["rows"]}
+    assert sorted(rows) == [0, 1, 2, 3] and all(len(r["held_out"]) == 1 for r in rows.values())
+    # image 3 held out: tuned on three images with a false positive each, 0.7 is chosen and removes image 3's object
+    assert rows[3]["postprocess"]["thresholds"] == {1: 0.7}
+    assert rows[3]["before"] == pytest.approx(1.0) and rows[3]["after"] == pytest.approx(0.0)
+    # image 0 held out: on images 1, 2, 3 the threshold scores 128/192 against 192/264 for the argmax: not chosen
+    assert "thresholds" not in rows[0]["postprocess"]
+    assert rows[0]["before"] == rows[0]["after"] == pytest.approx(64 / 100)
+    assert check["mean_before"] == pytest.approx((3 * 0.64 + 1.0) / 4)
+    assert check["mean_after"] == pytest.approx((3 * 0.64 + 0.0) / 4)
+    assert rows[0]["iou/cell"] == [pytest.approx(0.64), pytest.approx(0.64)]
+    with pytest.raises(SegkitError, match=r"check_folds is 5; expected 0 \(off\) or 2..4"):
+        fold_check(probs, masks, NAMES, [1], 255, "iou/cell", grid, folds=5)
