@@ -7,7 +7,7 @@ Every case runs in a fresh process, so its peak RSS (``ru_maxrss``) is its own; 
 recorded beside it. Recorded: peak RSS above that baseline, the preparation time (reading, the checks of every
 pixel, the train statistics) and crops per second. The figure that matters: with ``disk`` the peak does not grow
 with the image; with ``memory`` it grows by about 4 bytes per pixel (3 channels + the mask).
-``run(quick=True)``: 1,536^2 and 3,072^2 with tiles of 512 px (a smoke test).
+``run(quick=True)``: 1,024^2 and 2,048^2 with tiles of 256 px, 8 batches (a smoke test).
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from typing import Any
 from benchmarks.large_bench import _peak_mb, _rss_mb, write_input
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZES, QUICK_SIZES = (8192, 16384), (1536, 3072)
+SIZES, QUICK_SIZES = (8192, 16384), (1024, 2048)
 #: data.tile_size: a TIFF over 4 tiles is read by regions (quick: 512 px, so that small inputs are large)
-TILE, QUICK_TILE = 2048, 512
+TILE, QUICK_TILE = 2048, 256
 BATCHES, BATCH, CROP = 64, 8, 256
+QUICK_BATCHES = 8
 
 
 def write_dataset(root: Path, size: int) -> dict[str, Any]:
@@ -59,13 +60,13 @@ def write_dataset(root: Path, size: int) -> dict[str, Any]:
     return info
 
 
-def run_case(root: Path, storage: str, tile: int = TILE) -> dict[str, Any]:
+def run_case(root: Path, storage: str, tile: int = TILE, batches: int = BATCHES) -> dict[str, Any]:
     from segkit.data import SegDataModule
 
     base = _rss_mb()
     t0 = time.perf_counter()
     dm = SegDataModule(root=str(root), class_names=["background", "bright"], num_classes=2, format="folder", storage=storage, tile_size=tile,
-                       crop_size=CROP, crops_per_image=BATCHES * BATCH, batch_size=BATCH, val_fraction=0.34,
+                       crop_size=CROP, crops_per_image=batches * BATCH, batch_size=BATCH, val_fraction=0.34,
                        format_options={"tile_groups": "tile"})
     dm.prepare()
     prepare_s = time.perf_counter() - t0
@@ -74,7 +75,7 @@ def run_case(root: Path, storage: str, tile: int = TILE) -> dict[str, Any]:
     n = 0
     for k, batch in enumerate(dm.train_dataloader()):
         n += int(batch["image"].shape[0])
-        if k + 1 >= BATCHES:
+        if k + 1 >= batches:
             break
     crops_s = time.perf_counter() - t0
     r = dm.storage_record
@@ -104,11 +105,12 @@ def run(quick: bool = False, tmp: Path | None = None, sizes: tuple[int, ...] | N
         info = write_dataset(root, size)
         row: dict[str, Any] = {"size": size, **info}
         for storage in ("disk", "memory"):
-            row[storage] = _child(["--case", str(root), "--storage", storage, "--tile", str(QUICK_TILE if quick else TILE)], timeout=3600)
+            row[storage] = _child(["--case", str(root), "--storage", storage, "--tile", str(QUICK_TILE if quick else TILE),
+                                   "--batches", str(QUICK_BATCHES if quick else BATCHES)], timeout=3600)
             print(f"train_data {size}^2 {storage}: {row[storage]}", flush=True)
         rows.append(row)
     small, big = rows[0]["disk"], rows[-1]["disk"]
-    return {"quick": quick, "threads": torch.get_num_threads(), "batches": BATCHES, "batch": BATCH, "crop": CROP, "cases": rows,
+    return {"quick": quick, "threads": torch.get_num_threads(), "batches": QUICK_BATCHES if quick else BATCHES, "batch": BATCH, "crop": CROP, "cases": rows,
             "tile": QUICK_TILE if quick else TILE,
             "disk_peak_ratio": round(big["peak_above_imports_mb"] / max(small["peak_above_imports_mb"], 1e-9), 2)}
 
@@ -118,10 +120,11 @@ def main() -> None:
     p.add_argument("--case", type=Path)
     p.add_argument("--storage", default="disk")
     p.add_argument("--tile", type=int, default=TILE)
+    p.add_argument("--batches", type=int, default=BATCHES)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.storage, args.tile)))
+        print(json.dumps(run_case(args.case, args.storage, args.tile, args.batches)))
     else:
         print(json.dumps(run(quick=args.quick), indent=2))
 

@@ -88,10 +88,10 @@ def test_bench_quick_writes_every_section(tmp_path: Path) -> None:
     assert [c["size"] for c in large["cases"]] == [1024, 2048] and large["cases"][0]["labels_equal_share"] > 0.999
     assert large["processes"]["identical_outputs"] is True and large["processes"]["rows"][1]["devices"] == 2
     td = results["train_data"]
-    assert [c["size"] for c in td["cases"]] == [1536, 3072] and td["tile"] == 512
+    assert [c["size"] for c in td["cases"]] == [1024, 2048] and td["tile"] == 256
     for c in td["cases"]:
-        assert c["disk"]["mode"] == "disk" and c["memory"]["mode"] == "memory" and c["disk"]["crops"] == 64 * 8
-        assert c["disk"]["tiles"] == (c["size"] // 512) ** 2
+        assert c["disk"]["mode"] == "disk" and c["memory"]["mode"] == "memory" and c["disk"]["crops"] == td["batches"] * td["batch"] == 8 * 8
+        assert c["disk"]["tiles"] == (c["size"] // 256) ** 2
         # decoded: 3 channels + the mask of the large image and of the two 256 px pairs, 1 byte each
         assert c["disk"]["decoded_mb"] == round(4 * (c["size"] ** 2 + 2 * 256 * 256) / 1e6, 1)
 
