@@ -115,13 +115,18 @@ def run_case(path: Path, mode: str, out: Path) -> dict[str, Any]:
             "rss_after_setup_mb": round(set_up, 1), "peak_rss_mb": round(_peak_mb(), 1), "labels": labels}
 
 
-def _child(args: list[str], timeout: float) -> dict[str, Any]:
+def child(module: str, args: list[str], timeout: float) -> dict[str, Any]:
+    """Run ``python -m <module> <args>`` in a fresh process (its own peak RSS) and return the JSON of its last line."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.large_bench", *args], cwd=ROOT, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"large_bench {' '.join(args)} failed: {proc.stderr[-2000:]}")
+        raise RuntimeError(f"{module.rsplit('.', 1)[-1]} {' '.join(args)} failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _child(args: list[str], timeout: float) -> dict[str, Any]:
+    return child("benchmarks.large_bench", args, timeout)
 
 
 def run(quick: bool = False, tmp: Path | None = None, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:

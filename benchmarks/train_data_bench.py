@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.large_bench import _peak_mb, _rss_mb, write_input
+from benchmarks.large_bench import _peak_mb, _rss_mb, child, write_input
 
-ROOT = Path(__file__).resolve().parent.parent
 SIZES, QUICK_SIZES = (8192, 16384), (1024, 2048)
 #: data.tile_size: a TIFF over 4 tiles is read by regions (quick: 512 px, so that small inputs are large)
 TILE, QUICK_TILE = 2048, 256
@@ -85,15 +81,6 @@ def run_case(root: Path, storage: str, tile: int = TILE, batches: int = BATCHES)
             "peak_above_imports_mb": round(_peak_mb() - base, 1)}
 
 
-def _child(args: list[str], timeout: float) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.train_data_bench", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"train_data_bench {' '.join(args)} failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def run(quick: bool = False, tmp: Path | None = None, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
     import torch
 
@@ -105,7 +92,7 @@ def run(quick: bool = False, tmp: Path | None = None, sizes: tuple[int, ...] | N
         info = write_dataset(root, size)
         row: dict[str, Any] = {"size": size, **info}
         for storage in ("disk", "memory"):
-            row[storage] = _child(["--case", str(root), "--storage", storage, "--tile", str(QUICK_TILE if quick else TILE),
+            row[storage] = child("benchmarks.train_data_bench", ["--case", str(root), "--storage", storage, "--tile", str(QUICK_TILE if quick else TILE),
                                    "--batches", str(QUICK_BATCHES if quick else BATCHES)], timeout=3600)
             print(f"train_data {size}^2 {storage}: {row[storage]}", flush=True)
         rows.append(row)

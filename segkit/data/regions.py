@@ -160,7 +160,7 @@ def region_views(image_path: Path, mask_path: Path, in_channels: int, value_map:
     """The tiles of a large image and its mask: ``((y0, y1, x0, x1), image view, mask view)`` each.
 
     Raises :class:`SegkitError` (naming both files) when the mask's size differs from the image's."""
-    from segkit.inference.large import intensity_map, open_source
+    from segkit.inference.large import intensity_map, open_source, to_uint8
 
     image = open_source(image_path, level)
     mask = open_source(mask_path, level)
@@ -172,8 +172,6 @@ def region_views(image_path: Path, mask_path: Path, in_channels: int, value_map:
     if mask.channels not in (1, 3):
         raise SegkitError(f"mask '{mask_path}' has {mask.channels} channels; expected 1 (class ids) or 3 (colours mapped by data.value_map)")
     mapping = intensity_map(image)
-    from segkit.inference.large import to_uint8
-
     to_uint8(image.read(0, 1, 0, 1), mapping, in_channels, image_path)  # a channel count that does not fit: said now, naming the file
     views = []
     for box in tile_grid(image.height, image.width, tile_size):

@@ -152,15 +152,24 @@ class Scorer:
             out.append(lab)
         return out
 
-    def value(self, post: dict) -> float:
-        labels = self.labels(post) if post else [p.argmax(0).astype(np.uint8) for p in self.probs]
-        if self.kind == "pixel":
-            import torch
+    def _labels_or_argmax(self, post: dict) -> list[np.ndarray]:
+        return self.labels(post) if post else [p.argmax(0).astype(np.uint8) for p in self.probs]
 
-            cm = np.zeros(self.k * self.k, dtype=np.int64)
-            for lab, fm, valid in zip(labels, self._flat_masks, self._valid, strict=True):
-                cm += np.bincount(fm[valid] * self.k + lab.ravel()[valid].astype(np.int64), minlength=self.k * self.k)
-            value = image_scores(torch.from_numpy(cm.reshape(self.k, self.k)), self.class_names).get(self.metric)
+    def scores(self, post: dict, labels: list[np.ndarray] | None = None) -> dict[str, float]:
+        """Every pixel score (:func:`image_scores`) of the confusion matrix pooled over the images under ``post``
+        (a pixel metric's scorer only)."""
+        import torch
+
+        labels = self._labels_or_argmax(post) if labels is None else labels
+        cm = np.zeros(self.k * self.k, dtype=np.int64)
+        for lab, fm, valid in zip(labels, self._flat_masks, self._valid, strict=True):
+            cm += np.bincount(fm[valid] * self.k + lab.ravel()[valid].astype(np.int64), minlength=self.k * self.k)
+        return image_scores(torch.from_numpy(cm.reshape(self.k, self.k)), self.class_names)
+
+    def value(self, post: dict) -> float:
+        labels = self._labels_or_argmax(post)
+        if self.kind == "pixel":
+            value = self.scores(post, labels).get(self.metric)
             if value is None:
                 raise SegkitError(f"metric is '{self.metric}'; expected miou, mdice, pixel_acc or <iou|dice|precision|recall>/<class name>")
             return float(value)
@@ -250,10 +259,10 @@ def fold_check(probs: list[np.ndarray], masks: list[np.ndarray], class_names: li
                                     metric, grid, max_seconds, edge_class)
         scorer = Scorer([probs[i] for i in held], [masks[i] for i in held], class_names, ignore_index, metric, edge_class)
         row: dict[str, Any] = {"held_out": held, "postprocess": chosen, "before": scorer.value({}), "after": scorer.value(chosen)}
-        if scorer.kind == "pixel":
+        if scorer.kind == "pixel":  # per class IoU from the same scorer: its median windows are computed once
+            before, after = scorer.scores({}), scorer.scores(chosen)
             for c in class_names:
-                per_class = Scorer([probs[i] for i in held], [masks[i] for i in held], class_names, ignore_index, f"iou/{c}", edge_class)
-                row[f"iou/{c}"] = [per_class.value({}), per_class.value(chosen)]
+                row[f"iou/{c}"] = [before[f"iou/{c}"], after[f"iou/{c}"]]
         rows.append(row)
     return {"folds": folds, "seed": seed, "rows": rows, "mean_before": float(np.mean([r["before"] for r in rows])),
             "mean_after": float(np.mean([r["after"] for r in rows]))}
