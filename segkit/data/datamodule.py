@@ -25,7 +25,7 @@ from segkit.data.datasets import (
     mix_seed,
 )
 from segkit.data.formats import ReadContext, Reading, read_dataset
-from segkit.data.regions import STORAGE_MODES, choose_storage, decode
+from segkit.data.regions import STORAGE_MODES, choose_storage, decode, join_tiles
 from segkit.data.stats import DatasetStats, compute_stats
 from segkit.data.synthetic import SyntheticSpec, ensure_synthetic
 from segkit.data.validate import check_samples, check_train_classes
@@ -195,6 +195,7 @@ class SegDataModule(pl.LightningDataModule):
         self.split: dict[str, list[str]] = {}
         self.stats: DatasetStats | None = None
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.tile_boxes: dict[str, tuple[int, int, int, int]] = {}
         self._seed = 0
 
     # ------------------------------------------------------------------ preparation
@@ -244,6 +245,7 @@ class SegDataModule(pl.LightningDataModule):
             decode(reading.samples)
         self._cache = {s.stem: (s.image, s.mask) for s in reading.samples}
         self.groups = {s.stem: s.group for s in reading.samples}
+        self.tile_boxes = {s.stem: s.tile for s in reading.samples if s.tile is not None}  # tiles of large images
         self.split = self.make_split(reading)
         train = [self._cache[s] for s in self.split["train"]]
         self.stats = self._cached_stats(reading, lambda: compute_stats([t[0] for t in train], [t[1] for t in train], self.num_classes, self.ignore_index))
@@ -333,7 +335,9 @@ class SegDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        images, masks, _ = self.arrays("train")
+        images, masks, stems = self.arrays("train")
+        # the train tiles of a large image joined into one: crops may span tile borders (segkit.data.regions)
+        images, masks, _ = join_tiles(images, masks, stems, self.groups, self.tile_boxes)
         # the loader only crops; flips, rotations, warps and intensity changes happen on the device
         ds = RandomCropDataset(images, masks, self.crop_size, self.crops_per_image, ignore_index=self.ignore_index,
                                sampling=self.sampling, num_classes=self.num_classes, seed=self._seed)

@@ -89,17 +89,25 @@ class RandomCropDataset(Dataset):
         source, labels = self.images[i], self.masks[i]
         s = self.crop_size
         h0, w0 = labels.shape
-        # an image smaller than the crop is padded to it (image 0, mask ignore_index) at its bottom and right
-        h, w = max(h0, s), max(w0, s)
+        # a tile joined with its neighbours (segkit.data.regions.TileView) may read past its border by `reach`;
+        # it draws the crops whose top-left pixel it holds, so each position of the whole image is drawn by one tile
+        up, down, left, right = getattr(labels, "reach", (0, 0, 0, 0))
+        hi_y, hi_x = h0 + down - s, w0 + right - s  # the last top-left rows / columns at which a whole crop fits
         if centre:  # the crop's centre pixel (s // 2, s // 2) is the chosen pixel, shifted inside the image
-            y = min(max(centre[1] - s // 2, 0), h - s)
-            x = min(max(centre[2] - s // 2, 0), w - s)
-        else:
-            y = int(torch.randint(0, h - s + 1, (), generator=g))
-            x = int(torch.randint(0, w - s + 1, (), generator=g))
+            y = min(max(centre[1] - s // 2, -up), max(-up, hi_y))
+            x = min(max(centre[2] - s // 2, -left), max(-left, hi_x))
+        else:  # uniform over the top-left rows / columns this image (tile) holds; smaller than the crop: one, padded
+            lo_y, top_y = (0, min(h0 - 1, hi_y)) if hi_y >= 0 else (max(-up, hi_y),) * 2
+            lo_x, top_x = (0, min(w0 - 1, hi_x)) if hi_x >= 0 else (max(-left, hi_x),) * 2
+            y = lo_y + int(torch.randint(0, top_y - lo_y + 1, (), generator=g))
+            x = lo_x + int(torch.randint(0, top_x - lo_x + 1, (), generator=g))
+        y1, x1 = min(y + s, h0 + down), min(x + s, w0 + right)
         # only the crop is read: a view of a decoded array, or the region of a large image on disk
-        image = _to_chw(np.asarray(source[y : min(y + s, h0), x : min(x + s, w0)]))
-        mask = torch.from_numpy(np.asarray(labels[y : min(y + s, h0), x : min(x + s, w0)]))
+        if hasattr(labels, "reach"):
+            image, mask = _to_chw(source.read(y, y1, x, x1)), torch.from_numpy(labels.read(y, y1, x, x1))
+        else:
+            image = _to_chw(np.asarray(source[y:y1, x:x1]))
+            mask = torch.from_numpy(np.asarray(labels[y:y1, x:x1]))
         ch, cw = mask.shape
         if ch < s or cw < s:
             image = torch.nn.functional.pad(image, (0, s - cw, 0, s - ch), value=0)

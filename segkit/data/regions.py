@@ -10,8 +10,10 @@ array (``np.asarray(view)``), and the file is opened once per process (safe with
 
 Consequences, stated where they matter:
 
-- Training crops are drawn inside one tile: a crop never spans a tile border (with tiles of 2048 px and
-  crops of 256 px, 23 % of all crop positions of a large image fall across a border and are never drawn).
+- Training crops may span tile borders: the train tiles of one image are joined into a :class:`TileMosaic`
+  (:func:`join_tiles`), each tile draws the crops whose top-left pixel it holds, and a crop reads from up to
+  four tiles. So every crop position of the image can be drawn, as in a decoded image. With
+  ``tile_groups=tile`` (neighbouring tiles may be in val) crops stay inside their tile.
 - Validation and test score each tile as one image: pixel metrics pooled over tiles equal those of the
   whole image predicted tile by tile; an object cut by a tile border counts once per tile it touches.
 - Intensities over 8 bits use one linear map per image (:func:`segkit.inference.large.intensity_map`: the
@@ -61,8 +63,26 @@ def _source(path: str, level: int) -> Any:
     return src
 
 
+class _Lazy2D:
+    """Array-like access for a region read on demand (``shape`` and ``read(y0, y1, x0, x1)`` supplied by the
+    class): ``np.asarray(view)`` reads it all; ``view[y0:y1, x0:x1]`` (steps of 1) reads only that part; any
+    other index reads the region first."""
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        h, w = self.shape[:2]
+        arr = self.read(0, h, 0, w)
+        return arr if dtype is None else arr.astype(dtype)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, tuple) and len(index) == 2 and all(isinstance(i, slice) and i.step in (None, 1) for i in index):
+            h, w = self.shape[:2]
+            (y0, y1, _), (x0, x1, _) = index[0].indices(h), index[1].indices(w)
+            return self.read(y0, max(y0, y1), x0, max(x0, x1))
+        return np.asarray(self)[index]
+
+
 @dataclass(frozen=True)
-class RegionArray:
+class RegionArray(_Lazy2D):
     """A ``[h, w, C]`` uint8 image or ``[h, w]`` uint8 mask region of a large file, read on access.
 
     ``mapping`` is the image's intensity map (``None`` for 8-bit data); ``value_map`` the mask's. Picklable:
@@ -117,17 +137,6 @@ class RegionArray:
         out = to_uint8(raw, self.mapping, self.in_channels, Path(where))
         return np.ascontiguousarray(out.astype(np.uint8, copy=False))
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        arr = self.read()
-        return arr if dtype is None else arr.astype(dtype)
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        """``view[y0:y1, x0:x1]`` (steps of 1) reads only that part; any other index reads the region first."""
-        if isinstance(index, tuple) and len(index) == 2 and all(isinstance(i, slice) and i.step in (None, 1) for i in index):
-            h, w = self.shape[:2]
-            (y0, y1, _), (x0, x1, _) = index[0].indices(h), index[1].indices(w)
-            return self.read(y0, max(y0, y1), x0, max(x0, x1))
-        return self.read()[index]
 
 
 def is_large(path: Path, tile_size: int) -> bool:
@@ -239,6 +248,93 @@ def decode(samples: list[Any]) -> None:
             s.image = np.asarray(s.image)
         if isinstance(s.mask, RegionArray):
             s.mask = np.asarray(s.mask)
+
+
+class TileMosaic:
+    """The tiles of one large image, ``[(box, image, mask)]`` with decoded arrays or :class:`RegionArray` views,
+    read as one image: :meth:`read` returns a region that may span tiles, each part read from its tile only."""
+
+    def __init__(self, tiles: list[tuple[tuple[int, int, int, int], Any, Any]]) -> None:
+        self.tiles = tiles
+        self.y0, self.y1 = min(b[0] for b, _, _ in tiles), max(b[1] for b, _, _ in tiles)
+        self.x0, self.x1 = min(b[2] for b, _, _ in tiles), max(b[3] for b, _, _ in tiles)
+        self.channels = tiles[0][1].shape[2]
+
+    def covered(self) -> bool:
+        """The tiles cover their bounding rectangle (no tile missing, none overlapping)."""
+        area = sum((b[1] - b[0]) * (b[3] - b[2]) for b, _, _ in self.tiles)
+        return area == (self.y1 - self.y0) * (self.x1 - self.x0)
+
+    def read(self, kind: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1`` of the image (``kind`` "image": ``[h, w, C]``; "mask": ``[h, w]``)."""
+        if not (self.y0 <= y0 <= y1 <= self.y1 and self.x0 <= x0 <= x1 <= self.x1):
+            raise ValueError(f"region [{y0}:{y1}, {x0}:{x1}] is outside the image [{self.y0}:{self.y1}, {self.x0}:{self.x1}]")
+        shape = (y1 - y0, x1 - x0, self.channels) if kind == "image" else (y1 - y0, x1 - x0)
+        out = np.empty(shape, np.uint8)
+        for (ty0, ty1, tx0, tx1), image, mask in self.tiles:
+            a0, a1, b0, b1 = max(y0, ty0), min(y1, ty1), max(x0, tx0), min(x1, tx1)
+            if a0 < a1 and b0 < b1:
+                src = image if kind == "image" else mask
+                out[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0] = src[a0 - ty0 : a1 - ty0, b0 - tx0 : b1 - tx0]
+        return out
+
+
+@dataclass(frozen=True)
+class TileView(_Lazy2D):
+    """One tile of a :class:`TileMosaic`: indexed or turned into an array it is the tile, and :meth:`read` may
+    reach past the tile's border into its neighbours by up to :attr:`reach` (above, below, left, right)."""
+
+    mosaic: TileMosaic
+    box: tuple[int, int, int, int]
+    kind: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        hw = (self.box[1] - self.box[0], self.box[3] - self.box[2])
+        return (*hw, self.mosaic.channels) if self.kind == "image" else hw
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    @property
+    def reach(self) -> tuple[int, int, int, int]:
+        m, (y0, y1, x0, x1) = self.mosaic, self.box
+        return y0 - m.y0, m.y1 - y1, x0 - m.x0, m.x1 - x1
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1`` relative to the tile's top-left pixel; negative or past its size
+        within :attr:`reach`."""
+        return self.mosaic.read(self.kind, self.box[0] + y0, self.box[0] + y1, self.box[2] + x0, self.box[2] + x1)
+
+
+
+def join_tiles(images: list[Any], masks: list[Any], stems: list[str], groups: Mapping[str, str],
+               boxes: Mapping[str, tuple[int, int, int, int]]) -> tuple[list[Any], list[Any], int]:
+    """The training samples with the tiles of each large image joined (:class:`TileView` of one
+    :class:`TileMosaic` per image), so that crops can span tile borders. A group is joined only when its tiles
+    (all in this list) cover their bounding rectangle; with ``tile_groups=tile`` every tile is its own group and
+    stays as it is. Returns the images, the masks and the number of images joined."""
+    by_group: dict[str, list[int]] = {}
+    for i, stem in enumerate(stems):
+        if stem in boxes:
+            by_group.setdefault(groups.get(stem, stem), []).append(i)
+    images, masks, joined = list(images), list(masks), 0
+    for idx in by_group.values():
+        if len(idx) < 2:
+            continue
+        mosaic = TileMosaic([(tuple(boxes[stems[i]]), images[i], masks[i]) for i in idx])
+        if not mosaic.covered():
+            continue
+        for i in idx:
+            box = tuple(boxes[stems[i]])
+            images[i], masks[i] = TileView(mosaic, box, "image"), TileView(mosaic, box, "mask")
+        joined += 1
+    return images, masks, joined
 
 
 def storage_line(dm: Any) -> str:

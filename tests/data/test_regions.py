@@ -249,3 +249,118 @@ def test_data_check_and_stats_read_large_images_by_tiles(mixed_root, capsys):
     assert data_main(["stats", *common]) == 0
     out = capsys.readouterr().out
     assert "disc |" in out and "line |" in out
+
+
+def coordinate_scene(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image whose pixels name their own position (y % 256, x % 256, 16 * (y // 256) + x // 256) and a mask of
+    classes 0/1 with class 2 on one pixel only, (128, 128): a corner where four tiles of 128 meet."""
+    yy, xx = np.mgrid[:h, :w]
+    image = np.stack([yy % 256, xx % 256, 16 * (yy // 256) + xx // 256], -1).astype(np.uint8)
+    mask = ((yy // 7 + xx // 5) % 2).astype(np.uint8)
+    mask[128, 128] = 2
+    return image, mask
+
+
+def origin(crop: torch.Tensor) -> tuple[int, int]:
+    c = crop[:, 0, 0].tolist()
+    return 256 * (c[2] // 16) + c[0], 256 * (c[2] % 16) + c[1]
+
+
+@pytest.fixture
+def slide_root(tmp_path):
+    root = tmp_path / "data"
+    image, mask = coordinate_scene(300, 420)
+    write_large_tiff(root, "slide", image, mask)
+    for i in range(2):
+        img, m = scene(96, 112, seed=20 + i)
+        write_pair(root, f"small{i}", img, np.where(m == 2, 1, m).astype(np.uint8))  # class 2: the slide's one pixel only
+    return root, image, mask
+
+
+def train_slide(root, **kw) -> SegDataModule:
+    for split_seed in range(20):  # a split that puts the slide (one of three groups) in train
+        dm = datamodule(root, split_seed=split_seed, **kw)
+        if any(s.startswith("slide_") for s in dm.split["train"]):
+            return dm
+    raise AssertionError("no split seed put the slide in train")
+
+
+@pytest.mark.parametrize("storage", ["disk", "memory"])
+def test_train_crops_span_tile_borders_and_equal_the_whole_image(slide_root, storage):
+    root, image, mask = slide_root
+    dm = train_slide(root, storage=storage, crop_size=64, crops_per_image=8)
+    ds = dm.train_dataloader().dataset
+    slide = [i for i, s in enumerate(dm.split["train"]) if s.startswith("slide_")]
+    assert len(slide) == 12 and all(tuple(ds.masks[i].reach) != (0, 0, 0, 0) for i in slide)
+    crossing, origins = 0, set()
+    for key in range(4 * len(ds)):
+        item = ds[key]
+        i = key % len(ds) % len(ds.images)
+        if i not in slide:
+            continue
+        y, x = origin(item["image"])
+        tile = dm.tile_boxes[dm.split["train"][i]]
+        # drawn by the tile that holds its top-left pixel; a last tile shorter than the crop draws the last position
+        assert (tile[0] <= y < tile[1] or (tile[1] - tile[0] < 64 and y == 300 - 64))
+        assert (tile[2] <= x < tile[3] or (tile[3] - tile[2] < 64 and x == 420 - 64))
+        np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), image[y : y + 64, x : x + 64])
+        np.testing.assert_array_equal(item["mask"].numpy(), mask[y : y + 64, x : x + 64])
+        crossing += (y // TILE != (y + 63) // TILE) or (x // TILE != (x + 63) // TILE)
+        origins.add((y, x))
+    assert crossing > 50 and len(origins) > 300  # before: none crossed a border
+
+
+def test_class_balanced_crops_centre_on_a_pixel_at_a_tile_corner(slide_root):
+    root, image, mask = slide_root
+    dm = train_slide(root, storage="disk", sampling="class_balanced", crop_size=64, crops_per_image=6)
+    ds = dm.train_dataloader().dataset
+    rare = [ds[k] for k in range(len(ds)) if ds.classes[k % len(ds.classes)] == 2]
+    assert rare and all(item["mask"][32, 32] == 2 for item in rare)  # centred on (128, 128), across four tiles
+    assert all(origin(item["image"]) == (96, 96) for item in rare)
+
+
+def test_tiles_split_like_images_keep_their_crops_inside_the_tile(slide_root):
+    root, image, _ = slide_root
+    for split_seed in range(50):  # a split with the corner tile (the one pixel of class 2) in train
+        try:
+            dm = datamodule(root, storage="disk", crop_size=64, crops_per_image=4, format_options={"tile_groups": "tile"},
+                            split_seed=split_seed)
+            break
+        except SegkitError:
+            continue
+    assert sum(s.startswith("slide_") for s in dm.split["train"]) >= 2
+    ds = dm.train_dataloader().dataset
+    assert not any(hasattr(m, "reach") for m in ds.masks)  # a neighbour may be a val tile: never read for training
+    for key in range(len(ds)):
+        i = key % len(ds.images)
+        stem = dm.split["train"][i]
+        if stem.startswith("slide_"):
+            y0, y1, x0, x1 = dm.tile_boxes[stem]
+            y, x = origin(ds[key]["image"])
+            assert y0 <= y and x0 <= x and (y + 64 <= y1 or y1 - y0 < 64) and (x + 64 <= x1 or x1 - x0 < 64)
+
+
+def test_a_tile_mosaic_reads_across_tiles_and_refuses_outside():
+    from segkit.data.regions import TileMosaic, TileView, join_tiles
+
+    image, mask = coordinate_scene(300, 420)
+    boxes = tile_grid(300, 420, TILE)
+    stems = [f"t{b[0]}_{b[2]}" for b in boxes]
+    images = [image[y0:y1, x0:x1] for y0, y1, x0, x1 in boxes]
+    masks = [mask[y0:y1, x0:x1] for y0, y1, x0, x1 in boxes]
+    joined, jm, n = join_tiles(images, masks, stems, dict.fromkeys(stems, "slide"), dict(zip(stems, boxes, strict=True)))
+    assert n == 1 and all(isinstance(v, TileView) for v in joined + jm)
+    centre = joined[stems.index("t128_128")]
+    assert centre.shape == (128, 128, 3) and centre.reach == (128, 300 - 256, 128, 420 - 256)
+    np.testing.assert_array_equal(np.asarray(centre), image[128:256, 128:256])
+    np.testing.assert_array_equal(centre.read(-20, 150, -5, 292), image[108:278, 123:420])
+    np.testing.assert_array_equal(jm[stems.index("t128_128")].read(-20, 150, -5, 292), mask[108:278, 123:420])
+    np.testing.assert_array_equal(centre[10:20, 5:9], image[138:148, 133:137])
+    with pytest.raises(ValueError, match="outside the image"):
+        centre.read(-200, 10, 0, 10)
+    # a tile missing (e.g. in val): not joined, every tile as it was
+    kept, _, n = join_tiles(images[1:], masks[1:], stems[1:], dict.fromkeys(stems, "slide"), dict(zip(stems, boxes, strict=True)))
+    assert n == 0 and all(isinstance(v, np.ndarray) for v in kept)
+    assert TileMosaic([(b, im, m) for b, im, m in zip(boxes, images, masks, strict=True)]).covered()
+    again = pickle.loads(pickle.dumps(centre))  # loader workers
+    np.testing.assert_array_equal(again.read(-3, 3, -3, 3), image[125:131, 125:131])

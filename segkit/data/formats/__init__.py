@@ -31,6 +31,7 @@ class Sample:
     source: str
     mask_source: str = ""
     dtype: str = "uint8"  # as stored on disk (before scaling to 8 bits)
+    tile: tuple[int, int, int, int] | None = None  # a tile of a large image: (y0, y1, x0, x1) in that image
 
 
 @dataclass

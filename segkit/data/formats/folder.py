@@ -87,7 +87,8 @@ def read_folder(ctx: ReadContext, options: dict) -> Reading:
                 region = f"[{y0}:{y1}, {x0}:{x1}]"
                 name = f"{stem}_y{y0}_x{x0}"
                 reading.samples.append(Sample(name, image, mask, group=stem if tile_groups == "image" else name, source=f"{images[stem]}{region}",
-                                              mask_source=f"{masks[stem]}{region}", dtype=str(_source_dtype(images[stem]))))
+                                              mask_source=f"{masks[stem]}{region}", dtype=str(_source_dtype(images[stem])),
+                                              tile=(y0, y1, x0, x1)))
             continue
         try:
             raw = read_array(images[stem])
