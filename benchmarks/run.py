@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for the training/inference sections (default: the cores this process may use)")
     parser.add_argument("--sections", default=None,
-                        help="comma-separated sections to run (training,pipeline,inference,augmentation,large,train_data,objects); the others "
+                        help="comma-separated sections to run (training,pipeline,inference,augmentation,large,processes,train_data,objects); the others "
                         "keep their figures from the existing results.json, each section with the date it was measured")
     args = parser.parse_args(argv)
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
             ("augmentation", lambda: augment_bench.run(quick=args.quick)),
             # fresh processes per case (peak RSS of that case alone); before objects, whose thread pinning they would inherit
             ("large", lambda: __import__("benchmarks.large_bench", fromlist=["run"]).run(quick=args.quick, tmp=tmp / "large")),
+            # segkit.predict devices=N: fresh processes (one device, N devices, one process on every core)
+            ("processes", lambda: __import__("benchmarks.large_bench", fromlist=["processes_section"]).processes_section(
+                quick=args.quick, tmp=tmp / "processes")),
             # training data read from large images: fresh processes per case (peak RSS of that case alone)
             ("train_data", lambda: __import__("benchmarks.train_data_bench", fromlist=["run"]).run(quick=args.quick, tmp=tmp / "train_data")),
             # numpy only, one core (it sets OMP/BLAS threads to 1 for what follows, so it comes after everything else)
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     results["total_s"] = round(time.perf_counter() - started, 1)
+    if isinstance(results.get("large"), dict) and "processes" in results:
+        results["large"].pop("processes", None)  # measured in its own section since 2026-12-02
     md_path, json_path = (ROOT / "BENCHMARKS.md", ROOT / "benchmarks" / "results.json")
     if args.out:
         out = Path(args.out)

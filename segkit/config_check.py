@@ -226,6 +226,7 @@ RULES: list[tuple[str, Check, str]] = [
     ("inference.blend", one_of("gaussian", "constant"), "gaussian or constant"),
     ("inference.stitch_device", _device, "auto, cpu, cuda or cuda:<index>"),
     ("devices", positive_int, "a positive whole number of processes such as 2"),
+    ("threads", or_null(positive_int), "null or a positive whole number of torch threads per process such as 1"),
     ("shard", non_negative_int, "a whole number >= 0, below num_shards"),
     ("num_shards", positive_int, POS_INT.format(8)),
     ("skip_complete", boolean, "true or false"),

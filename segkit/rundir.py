@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,9 +163,20 @@ def run_of_checkpoint(ckpt: str | os.PathLike) -> RunDir | None:
     return RunDir(path.parent.parent) if path.parent.name == CHECKPOINTS else None
 
 
-def postprocess_file(ckpt: str | os.PathLike) -> Path:
-    """Where ``segkit.tune_postprocess`` records its choice for a checkpoint: beside it."""
-    return Path(ckpt).parent / POSTPROCESS
+def postprocess_file(ckpts: str | os.PathLike | Sequence[str | os.PathLike]) -> Path:
+    """Where ``segkit.tune_postprocess`` records its choice for a checkpoint (``postprocess.json`` beside it)
+    or an ensemble: for an ensemble, whose average does not depend on the members' order,
+    ``postprocess_ensemble_<id>.json`` beside the member whose resolved path sorts first, the id from the
+    sorted resolved paths."""
+    import hashlib
+
+    if isinstance(ckpts, str | os.PathLike):
+        return Path(ckpts).parent / POSTPROCESS
+    members = sorted({Path(p).resolve() for p in ckpts})
+    if len(members) == 1:
+        return members[0].parent / POSTPROCESS
+    ident = hashlib.sha256("\n".join(str(p) for p in members).encode()).hexdigest()[:12]
+    return members[0].parent / f"postprocess_ensemble_{ident}.json"
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -86,7 +86,9 @@ def test_bench_quick_writes_every_section(tmp_path: Path) -> None:
     assert not (tmp_path / "history.jsonl").exists()  # quick runs are not measurements: no history line
     large = results["large"]
     assert [c["size"] for c in large["cases"]] == [1024, 2048] and large["cases"][0]["labels_equal_share"] > 0.999
-    assert large["processes"]["identical_outputs"] is True and large["processes"]["rows"][1]["devices"] == 2
+    pr = results["processes"]
+    assert pr["identical_outputs"] is True and [r["devices"] for r in pr["rows"]] == [1, 2, 1]
+    assert [r["case"] for r in pr["rows"]] == ["one_device", "devices", "all_cores"] and pr["rows"][0]["threads"] == 1
     td = results["train_data"]
     assert [c["size"] for c in td["cases"]] == [1024, 2048] and td["tile"] == 256
     for c in td["cases"]:

@@ -267,16 +267,59 @@ def test_shards_merged_equal_one_run(ckpts, tmp_path):
         merge_main([str(tmp_path / "in")])  # no records: one sentence, exit 2
 
 
-@pytest.mark.slow  # two spawned processes import torch and load the model: ~20 s
 def test_two_processes_predict_what_one_does(ckpts, tmp_path):
+    # one thread per process: forked, so they inherit the imports (a second or two, not ~20 s of spawning)
     _images(tmp_path / "in", [(60, 70), (90, 64), (70, 80), (64, 64)])
     one, two = tmp_path / "one", tmp_path / "two"
-    _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={one}")
-    result = _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={two}", "devices=2")
-    assert result["summary"]["devices"] == 2
+    before = torch.get_num_threads()
+    try:
+        _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={one}", "threads=1")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    result = _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={two}", "devices=2", "threads=1")
+    assert result["summary"]["devices"] == 2 and result["summary"]["start_method"] == "fork"
+    assert result["summary"]["threads_per_process"] == 1
     a, b = _labels_of(one), _labels_of(two)
-    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert set(a) == set(b) == {f"img{i}_labels.png" for i in range(4)} and all(np.array_equal(a[k], b[k]) for k in a)
     assert (two / "objects.csv").read_text() == (one / "objects.csv").read_text()
+
+
+def test_start_method_forks_only_single_threaded_cpu_processes():
+    from segkit.inference.files import start_method
+
+    assert start_method("cpu", 1) == "fork"
+    assert start_method("cpu", 2) == "spawn"  # a forked child's OpenMP pool can hang
+    assert start_method("cuda", 1) == "spawn"  # a forked CUDA context is unusable
+    assert start_method("cuda:1", 1) == "spawn"
+
+
+def test_a_prediction_process_that_dies_is_named_not_waited_for(ckpts, tmp_path, monkeypatch):
+    import os
+    import time
+
+    from segkit.inference import files
+
+    real = files._worker
+
+    def dies_on_rank_1(container, paths, out, rank, threads, queue):
+        if rank == 1:
+            os._exit(3)  # as the kernel's OOM killer would end it: no report
+        real(container, paths, out, rank, threads, queue)
+
+    monkeypatch.setattr(files, "_worker", dies_on_rank_1)  # a forked child runs the patched function
+    _images(tmp_path / "in", [(60, 70), (90, 64), (70, 80)])
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    with pytest.raises(SegkitError, match=r"prediction process 1 of 2 failed: it exited with code 3 before it finished "
+                                          r"\(killed, or out of memory\?\); the images complete in output= are kept"):
+        _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={out}", "devices=2", "threads=1")
+    assert time.perf_counter() - t0 < 60
+    done = sorted(p.stem for p in (out / "records").glob("*.json"))
+    assert done == ["img0", "img2"]  # rank 0's share is complete and kept for the rerun
+    monkeypatch.setattr(files, "_worker", real)
+    result = _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={out}", "devices=2", "threads=1")
+    assert len(result["summary"]["images"]) == 3
 
 
 @pytest.mark.slow  # Hydra multirun with the joblib launcher: two shard jobs, then the merge command

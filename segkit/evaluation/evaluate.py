@@ -109,8 +109,8 @@ def eval_postprocess(value: Any, ckpt: Path | list[Path]) -> tuple[dict | None, 
     if isinstance(value, str):
         if value not in ("tuned", "auto"):
             raise SegkitError(f"postprocess is '{value}'; expected null, auto, tuned, or a mapping of post-processing keys")
-        from segkit.evaluation.postprocess_search import postprocess_file
         from segkit.inference.files import load_postprocess
+        from segkit.rundir import postprocess_file
 
         post, source = load_postprocess(None, ckpt)
         if post is None and value == "auto":

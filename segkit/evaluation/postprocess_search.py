@@ -21,7 +21,6 @@ search stops at ``max_seconds`` and says so in the record.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -45,6 +44,7 @@ from segkit.inference.postprocess import (
 )
 from segkit.inference.predictor import label_probs
 from segkit.logs import say
+from segkit.rundir import postprocess_file
 
 #: object-level metrics (lower is better): name -> what it measures
 OBJECT_METRICS = {
@@ -282,19 +282,6 @@ def default_grid() -> dict[str, Any]:
     from segkit import CONF_DIR
 
     return OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "tune_postprocess.yaml").grid, resolve=True)
-
-
-def postprocess_file(ckpts: Path | Sequence[Path]) -> Path:
-    """Where the choice for a checkpoint (``postprocess.json`` beside it) or an ensemble is kept: for an
-    ensemble, whose average does not depend on the members' order, ``postprocess_ensemble_<id>.json`` beside
-    the member whose resolved path sorts first, the id from the sorted resolved paths."""
-    if isinstance(ckpts, str | Path):
-        return rundir.postprocess_file(ckpts)
-    members = sorted({Path(p).resolve() for p in ckpts})
-    if len(members) == 1:
-        return rundir.postprocess_file(members[0])
-    ident = hashlib.sha256("\n".join(str(p) for p in members).encode()).hexdigest()[:12]
-    return members[0].parent / f"postprocess_ensemble_{ident}.json"
 
 
 def tune_checkpoint(ckpt: Path | Sequence[Path], metric: str, device: str = "auto", grid: dict[str, Any] | None = None,

@@ -66,9 +66,7 @@ def load_postprocess(cfg_value: Any, ckpts: Path | Sequence[Path]) -> tuple[dict
     this ensemble, in any order: ``segkit.tune_postprocess ckpt_path=[...]``), else None (argmax)."""
     if cfg_value is not None:
         return (OmegaConf.to_container(cfg_value, resolve=True) if isinstance(cfg_value, DictConfig) else dict(cfg_value)), "postprocess=... on the command line"
-    from segkit.evaluation.postprocess_search import postprocess_file
-
-    tuned = postprocess_file(ckpts)
+    tuned = rundir.postprocess_file(ckpts)  # not segkit.evaluation: its metrics import torchmetrics (seconds)
     if tuned.is_file():
         try:
             return json.loads(tuned.read_text())["postprocess"], f"{tuned} (segkit.tune_postprocess)"
@@ -180,6 +178,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     devices = int(cfg.get("devices", 1))
     if devices > 1:
         return _run_processes(cfg, files, out, devices, started)
+    if cfg.get("threads") is not None:
+        torch.set_num_threads(int(cfg.threads))
     result = predict_files(cfg, files, out)
     if num_shards == 1:
         summary = merge_outputs(out, extra=result["settings"], wall_time_s=round(time.perf_counter() - started, 2))
@@ -204,32 +204,59 @@ def _worker(cfg_container: dict, files: list[str], out: str, rank: int, threads:
         queue.put((rank, f"{type(err).__name__}: {err}" if not isinstance(err, SegkitError) else str(err), 0, 0))
 
 
+def start_method(device: str, threads: int) -> str:
+    """How the prediction processes start. On a GPU: ``spawn`` (a forked CUDA context is unusable). On the CPU
+    with one thread per process: ``fork``, so that each process inherits the parent's imports instead of paying
+    them again (seconds per process); safe as in DataLoader workers, because a single-threaded process never
+    enters the OpenMP pool the parent may have started. Several threads per process: ``spawn`` (a forked
+    child's OpenMP pool can hang, pytorch#17199)."""
+    import multiprocessing as mp
+
+    if resolve_device(device).type != "cpu" or threads > 1 or "fork" not in mp.get_all_start_methods():
+        return "spawn"
+    return "fork"
+
+
 def _run_processes(cfg: DictConfig, files: list[Path], out: Path, devices: int, started: float) -> dict[str, Any]:
-    """``devices`` worker processes (spawned) on interleaved shares of ``files``; the outputs merged after."""
+    """``devices`` worker processes on interleaved shares of ``files``; the outputs merged after. A process
+    that dies without a report (killed, out of memory) is named with its exit code instead of being waited
+    for, after the others have finished their shares."""
     import multiprocessing as mp
     import os
+    import queue as queues
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // devices)
+    threads = int(cfg.threads) if cfg.get("threads") is not None else max(1, cores // devices)
     container = OmegaConf.to_container(cfg, resolve=True)
     container["devices"] = 1
-    ctx = mp.get_context("spawn")
+    method = start_method(str(cfg.get("device", "auto")), threads)
+    ctx = mp.get_context(method)
     queue = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(container, [str(f) for f in files[r::devices]], str(out), r, threads, queue))
              for r in range(devices)]
     for p in procs:
         p.start()
-    reports = [queue.get() for _ in procs]
+    reports: dict[int, tuple] = {}
+    while len(reports) < devices:
+        try:
+            rep = queue.get(timeout=1.0)
+            reports[rep[0]] = rep
+        except queues.Empty:
+            for r, p in enumerate(procs):  # the others finish their shares: what they complete is kept
+                if r not in reports and p.exitcode not in (None, 0):
+                    reports[r] = (r, f"it exited with code {p.exitcode} before it finished (killed, or out of memory?); the images "
+                                     "complete in output= are kept and a rerun with the same output= skips them", 0, 0)
     for p in procs:
         p.join()
-    failed = [(r, msg) for r, msg, _, _ in reports if msg]
+    failed = [(r, msg) for r, msg, _, _ in reports.values() if msg]
     if failed:
         rank, msg = sorted(failed)[0]
         raise SegkitError(f"prediction process {rank} of {devices} failed: {msg}")
-    predicted, skipped = sum(r[2] for r in reports), sum(r[3] for r in reports)
-    summary = merge_outputs(out, extra={"devices": devices, "threads_per_process": threads},
+    predicted, skipped = sum(r[2] for r in reports.values()), sum(r[3] for r in reports.values())
+    summary = merge_outputs(out, extra={"devices": devices, "threads_per_process": threads, "start_method": method},
                             wall_time_s=round(time.perf_counter() - started, 2))
-    say(f"{predicted} images predicted by {devices} processes ({threads} thread(s) each; {skipped} complete already, skipped)")
+    say(f"{predicted} images predicted by {devices} processes ({threads} thread(s) each, started by {method}; "
+        f"{skipped} complete already, skipped)")
     say(f"Output directory: {out}")
     return {"output": out, "files": files, "summary": summary}
 
