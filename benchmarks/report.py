@@ -402,7 +402,7 @@ def render(r: dict) -> str:
         "transfer and gain nothing: `data.num_workers: 0` stays the default (on any core count; raise it only for a "
         "dataset whose per-sample loading is expensive).",
         "",
-    ] + objects_section(r.get("objects")) + large_section(r.get("large"), r.get("processes") or (r.get("large") or {}).get("processes")) + train_data_section(r.get("train_data")) + [
+    ] + objects_section(r.get("objects")) + large_section(r.get("large"), r.get("processes")) + train_data_section(r.get("train_data")) + [
         "## Batched augmentation (one CPU thread)",
         "",
         f"A batch of {aug['batch'][0]} uint8 {aug['batch'][1]}x{aug['batch'][2]}x{aug['batch'][3]} images + masks, every "

@@ -132,8 +132,6 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     results["total_s"] = round(time.perf_counter() - started, 1)
-    if isinstance(results.get("large"), dict) and "processes" in results:
-        results["large"].pop("processes", None)  # measured in its own section since 2026-12-02
     md_path, json_path = (ROOT / "BENCHMARKS.md", ROOT / "benchmarks" / "results.json")
     if args.out:
         out = Path(args.out)

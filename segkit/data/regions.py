@@ -64,9 +64,17 @@ def _source(path: str, level: int) -> Any:
 
 
 class _Lazy2D:
-    """Array-like access for a region read on demand (``shape`` and ``read(y0, y1, x0, x1)`` supplied by the
-    class): ``np.asarray(view)`` reads it all; ``view[y0:y1, x0:x1]`` (steps of 1) reads only that part; any
-    other index reads the region first."""
+    """Array-like access for a uint8 region read on demand (``shape`` and ``read(y0, y1, x0, x1)`` supplied by
+    the class): ``np.asarray(view)`` reads it all; ``view[y0:y1, x0:x1]`` (steps of 1) reads only that part;
+    any other index reads the region first."""
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         h, w = self.shape[:2]
@@ -105,16 +113,8 @@ class RegionArray(_Lazy2D):
         return (*hw, self.in_channels) if self.kind == "image" else hw
 
     @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
     def size(self) -> int:
         return math.prod(self.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.uint8)
 
     @property
     def nbytes(self) -> int:
@@ -136,7 +136,6 @@ class RegionArray(_Lazy2D):
             raise SegkitError(f"image '{where}' holds NaN/Inf values; expected finite intensities (fill or crop them out)")
         out = to_uint8(raw, self.mapping, self.in_channels, Path(where))
         return np.ascontiguousarray(out.astype(np.uint8, copy=False))
-
 
 
 def is_large(path: Path, tile_size: int) -> bool:
@@ -294,14 +293,6 @@ class TileView(_Lazy2D):
         return (*hw, self.mosaic.channels) if self.kind == "image" else hw
 
     @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.uint8)
-
-    @property
     def reach(self) -> tuple[int, int, int, int]:
         m, (y0, y1, x0, x1) = self.mosaic, self.box
         return y0 - m.y0, m.y1 - y1, x0 - m.x0, m.x1 - x1
@@ -310,7 +301,6 @@ class TileView(_Lazy2D):
         """Rows ``y0:y1``, columns ``x0:x1`` relative to the tile's top-left pixel; negative or past its size
         within :attr:`reach`."""
         return self.mosaic.read(self.kind, self.box[0] + y0, self.box[0] + y1, self.box[2] + x0, self.box[2] + x1)
-
 
 
 def join_tiles(images: list[Any], masks: list[Any], stems: list[str], groups: Mapping[str, str],
@@ -327,11 +317,11 @@ def join_tiles(images: list[Any], masks: list[Any], stems: list[str], groups: Ma
     for idx in by_group.values():
         if len(idx) < 2:
             continue
-        mosaic = TileMosaic([(tuple(boxes[stems[i]]), images[i], masks[i]) for i in idx])
+        tiles = [(tuple(boxes[stems[i]]), images[i], masks[i]) for i in idx]
+        mosaic = TileMosaic(tiles)
         if not mosaic.covered():
             continue
-        for i in idx:
-            box = tuple(boxes[stems[i]])
+        for i, (box, _, _) in zip(idx, tiles, strict=True):
             images[i], masks[i] = TileView(mosaic, box, "image"), TileView(mosaic, box, "mask")
         joined += 1
     return images, masks, joined
