@@ -90,8 +90,19 @@ def compute_fingerprint(images: list[np.ndarray], masks: list[np.ndarray], class
     }
 
 
+def cpu_bf16_instructions() -> bool:
+    """Whether the CPU reports native bf16 instructions (AVX-512 BF16 or AMX; Linux's /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def machine() -> dict[str, Any]:
-    """CPU cores this process may use, torch's threads, and the GPUs with their memory."""
+    """CPU cores this process may use, torch's threads, whether the CPU has bf16 instructions, and the GPUs with
+    their memory."""
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -100,7 +111,7 @@ def machine() -> dict[str, Any]:
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             gpus.append({"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1)})
-    return {"cpu_cores": cores, "torch_threads": torch.get_num_threads(), "gpus": gpus}
+    return {"cpu_cores": cores, "torch_threads": torch.get_num_threads(), "cpu_bf16": cpu_bf16_instructions(), "gpus": gpus}
 
 
 def fingerprint_of(dm: Any) -> dict[str, Any]:

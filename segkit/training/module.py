@@ -152,6 +152,9 @@ class SegModule(pl.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         target = batch["mask"].long()
         logits = self(batch["image"])
+        # under mixed precision the logits come out in bf16/fp16: the loss (softmax sums over every pixel) and the
+        # argmax take them in fp32 (a no-op for fp32 logits)
+        logits = [o.float() for o in logits] if isinstance(logits, list) else logits.float()
         if isinstance(logits, list):  # deep supervision (training only): full resolution first
             # the weighted sum over the scales is optimised; train/loss records the full-resolution term, the
             # same quantity as val/loss, so the two curves stay comparable
@@ -177,7 +180,10 @@ class SegModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        _, pred = self._step(batch, "val")
+        # mixed precision is for training steps: validation (and test) run in fp32, as segkit.eval and predict do,
+        # so the best checkpoint is chosen on the predictions users will get from it
+        with torch.autocast(batch["image"].device.type, enabled=False):
+            _, pred = self._step(batch, "val")
         if "index" in batch:
             for k, idx in enumerate(batch["index"].tolist()):
                 if idx < self.panel_images:
@@ -185,7 +191,8 @@ class SegModule(pl.LightningModule):
                     self.val_panel[idx] = (batch["image"][k, :, :h, :w].cpu(), batch["mask"][k, :h, :w].cpu(), pred[k, :h, :w].cpu())
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+        with torch.autocast(batch["image"].device.type, enabled=False):  # fp32, as validation
+            self._step(batch, "test")
 
     # ------------------------------------------------------------------ epoch ends
     def _log_epoch_metrics(self, stage: str) -> None:

@@ -69,22 +69,23 @@ def test_a_rare_class_gets_weights_and_balanced_crops(tmp_path):
 
 def test_the_budget_plans_crop_and_width_from_measured_step_times(tmp_path):
     cfg = compose_cfg(tmp_path, TINY_DATA + ["model=unet", "data.batch_size=8"])
-    speed = {8: 0.5, 16: 1.0, 32: 3.0}
+    speed = {8: 0.25, 16: 0.5, 32: 3.0}
     seen = []
 
-    def measure(spec, batch, crop, channels, classes):
-        seen.append(spec["base_width"])
+    def measure(spec, batch, crop, channels, classes, precision="32-true"):
+        seen.append((spec["base_width"], precision))
         return speed[spec["base_width"]]
 
     items = _items(make_plan(_fp(0.05), cfg, {"gpus": []}, 45 * 60, measure=measure))
     assert items["data.crop_size"].value == 224  # the median short side 243, down to a multiple of 32
-    assert items["model.base_width"].value == 16  # 0.85 x 2700 s: 4590, 2295, 765 steps -> widest with >= 1500
-    assert seen == [8, 16, 32] and "765 steps" in items["model.base_width"].reason
+    assert items["model.base_width"].value == 16  # 0.85 x 2700 s: 9180, 4590, 765 steps -> widest with >= 3000
+    assert seen == [(8, "32-true"), (16, "32-true"), (32, "32-true")] and "765 steps" in items["model.base_width"].reason
+    assert items["trainer.precision"].value == "32-true"  # no bf16 instructions in this machine record: nothing measured
     assert items["data.crops_per_image"].value == 7  # ceil(32 x 8 / 40): 44 steps per epoch
     big = _items(make_plan(_fp(0.05, size=1003, areas=(300.0 ** 2, 50.0)), cfg, {"gpus": [{"memory_gb": 80}]}, 2700,
                            measure=measure))
     assert big["data.crop_size"].value == 512  # large objects (diameter 339 px) on a GPU: at most 512
-    slow = _items(make_plan(_fp(0.05), cfg, {"gpus": []}, 600, measure=lambda *a: 2.0))
+    slow = _items(make_plan(_fp(0.05), cfg, {"gpus": []}, 600, measure=lambda *a, **k: 2.0))
     assert slow["model.base_width"].value == 8 and "none reaches" in slow["model.base_width"].reason
 
 
@@ -135,9 +136,78 @@ def test_one_large_image_gets_whole_batches_of_crops(tmp_path):
     # of 8 crops); 4x its area in 256 px crops is ceil(4 x 832000 / 65536) = 51, cut to whole batches: 48
     cfg = compose_cfg(tmp_path, TINY_DATA + ["model=unet", "data.batch_size=16"])
     fp = {**_fp(0.05), "num_images": 1, "height": {"median": 1040}, "width": {"median": 800}}
-    items = _items(make_plan(fp, cfg, {"gpus": []}, 900, measure=lambda *a: 1.0))
+    items = _items(make_plan(fp, cfg, {"gpus": []}, 900, measure=lambda *a, **k: 1.0))
     assert items["data.crop_size"].value == 256
     assert items["data.crops_per_image"].value == 48 and "3 steps per epoch" in items["data.crops_per_image"].reason
     few = _items(make_plan({**fp, "num_images": 3, "height": {"median": 256}, "width": {"median": 256}}, cfg, {"gpus": []}, 900,
-                           measure=lambda *a: 1.0))
+                           measure=lambda *a, **k: 1.0))
     assert few["data.crops_per_image"].value == 8  # small images: at most 8 crops of each (3 x 8 = 24: a full batch and a short one)
+
+
+def _bf16_machine(bf16: bool = True) -> dict:
+    return {"gpus": [], "cpu_bf16": bf16}
+
+
+def test_the_budget_plans_bf16_on_a_cpu_where_it_measures_faster(tmp_path):
+    cfg = compose_cfg(tmp_path, TINY_DATA + ["model=unet", "data.batch_size=8"])
+    seen = []
+
+    def measure(spec, batch, crop, channels, classes, precision="32-true"):
+        seen.append((spec["base_width"], precision))
+        return {8: 0.25, 16: 0.5, 32: 3.0}[spec["base_width"]] * (0.4 if precision == "bf16-mixed" else 1.0)
+
+    items = _items(make_plan(_fp(0.05), cfg, _bf16_machine(), 45 * 60, measure=measure))
+    prec = items["trainer.precision"]
+    assert prec.value == "bf16-mixed" and "(2.50x)" in prec.reason and "fp32 0.50 s" in prec.reason
+    # the composed network (width 16) is measured in both precisions, then the widths in the chosen one
+    assert seen[:2] == [(16, "32-true"), (16, "bf16-mixed")]
+    assert seen[2:] == [(8, "bf16-mixed"), (16, "bf16-mixed"), (32, "bf16-mixed")]
+    # bf16 steps: 0.1 / 0.2 / 1.2 s -> 19125 / 9562 / 1593 steps: width 16 is the widest with >= 3000
+    assert items["model.base_width"].value == 16 and "in bf16 autocast" in items["model.base_width"].reason
+    apply_plan(list(items.values()), cfg)
+    assert cfg.trainer.precision == "bf16-mixed"
+    # too small a gain: fp32, and the widths measured in fp32
+    assert "trainer.precision" not in _items(make_plan(_fp(0.05), cfg, _bf16_machine(), 2700, measure=measure))  # now set
+    fresh = compose_cfg(tmp_path, TINY_DATA + ["model=unet", "data.batch_size=8"])
+    close = _items(make_plan(_fp(0.05), fresh, _bf16_machine(), 45 * 60,
+                             measure=lambda s, *a, precision="32-true": 1.0 if precision == "32-true" else 0.9))
+    assert close["trainer.precision"].value == "32-true" and "(1.11x)" in close["trainer.precision"].reason
+
+
+def test_no_bf16_measurement_without_bf16_instructions_or_with_a_precision_set(tmp_path):
+    def measure(spec, batch, crop, channels, classes, precision="32-true"):
+        assert precision == "32-true", "bf16 must not be measured here"
+        return 0.1
+
+    cfg = compose_cfg(tmp_path, TINY_DATA + ["model=unet"])
+    plain = _items(make_plan(_fp(0.05), cfg, _bf16_machine(False), 2700, measure=measure))
+    assert plain["trainer.precision"].value == "32-true" and "no bf16 instructions" in plain["trainer.precision"].reason
+    for extra in (["trainer=cpu"], ["trainer.precision=32-true"], ["trainer=ddp_cpu"], ["trainer.devices=2"]):
+        other = compose_cfg(tmp_path, TINY_DATA + ["model=unet", *extra])
+        assert "trainer.precision" not in _items(make_plan(_fp(0.05), other, _bf16_machine(), 2700, measure=measure)), extra
+    assert "trainer.precision" not in _items(make_plan(_fp(0.05), cfg, _bf16_machine(), None, measure=measure))  # no budget
+
+
+def test_a_network_without_bf16_kernels_stays_fp32_and_the_user_wins(tmp_path):
+    def measure(spec, batch, crop, channels, classes, precision="32-true"):
+        if precision == "bf16-mixed":
+            raise RuntimeError('"slow_conv2d_cpu" not implemented for \'BFloat16\'\nmore')
+        return 0.1
+
+    cfg = compose_cfg(tmp_path, TINY_DATA + ["model=unet"])
+    items = _items(make_plan(_fp(0.05), cfg, _bf16_machine(), 2700, measure=measure))
+    assert items["trainer.precision"].value == "32-true" and "slow_conv2d_cpu" in items["trainer.precision"].reason
+    user = compose_cfg(tmp_path, TINY_DATA + ["model=unet", "trainer.precision=auto"])
+    items = _items(resolve_sources(make_plan(_fp(0.05), user, _bf16_machine(), 2700,
+                                             measure=lambda *a, precision="32-true": 1.0 if precision == "32-true" else 0.3),
+                                   user, ["trainer.precision=auto"]))
+    assert items["trainer.precision"].source == "user" and items["trainer.precision"].value == "auto"
+    assert items["trainer.precision"].planned == "bf16-mixed"
+
+
+def test_the_step_measurement_runs_in_bf16_autocast():
+    from segkit.planning.planner import measure_step_seconds
+
+    spec = {"_target_": "segkit.models.UNet", "in_channels": 1, "num_classes": 2, "depth": 2, "base_width": 4}
+    for precision in ("32-true", "bf16-mixed"):
+        assert 0 < measure_step_seconds(spec, 2, 32, 1, 2, steps=1, precision=precision) < 30

@@ -78,3 +78,23 @@ def test_training_metrics_count_every_second_pixel_and_validation_every_pixel():
     pred, truth = logits.argmax(1)[:, ::2, ::2].reshape(-1), batch["mask"][:, ::2, ::2].reshape(-1).long()
     expected = torch.bincount(truth * 2 + pred, minlength=4).reshape(2, 2)
     assert torch.equal(train_cm.long().cpu(), expected)
+
+
+def test_mixed_precision_trains_in_bf16_but_validates_in_fp32():
+    """Under Lightning's bf16-mixed (an autocast region around every step), the loss is taken on fp32 logits and
+    validation counts the fp32 network's predictions: what segkit.eval and predict compute from the checkpoint."""
+    torch.manual_seed(0)
+    module = SegModule(model={"name": "unet", "in_channels": 3, "num_classes": 3, "depth": 2, "base_width": 8},
+                       optimizer={"_target_": "torch.optim.Adam"}, loss={"name": "ce_dice"}, class_names=["a", "b", "c"])
+    batch = {"image": torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8), "mask": torch.randint(0, 3, (2, 96, 96))}
+    module.eval()
+    with torch.no_grad():
+        fp32 = module(batch["image"]).argmax(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = module(batch["image"]).argmax(1)
+            loss, _ = module._step(batch, "train")
+            module.validation_step(batch, 0)
+    assert (fp32 != bf16).any(), "precondition: a bf16 forward changes some predictions of this network"
+    assert loss.dtype == torch.float32
+    expected = torch.bincount((batch["mask"] * 3 + fp32).flatten(), minlength=9).reshape(3, 3)
+    assert torch.equal(module.metrics["val_cm"].compute().long().cpu(), expected)
