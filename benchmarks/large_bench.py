@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -179,16 +180,18 @@ def _checkpoint(path: Path) -> Path:
 
 def processes_section(quick: bool, tmp: Path) -> dict[str, Any]:
     """``make bench`` section ``processes``: :func:`run_processes` at the benchmark's sizes (tiny with --quick)."""
-    return run_processes(tmp, images=4 if quick else 64, size=256 if quick else 512)
+    return run_processes(tmp, images=4 if quick else 64, size=256 if quick else 512, rounds=1 if quick else 3)
 
 
-def run_processes(tmp: Path, images: int = 64, size: int = 512, devices: int = 2) -> dict[str, Any]:
+def run_processes(tmp: Path, images: int = 64, size: int = 512, devices: int = 2, rounds: int = 3) -> dict[str, Any]:
     """``python -m segkit.predict`` on a folder of ``images`` RGB PNGs, side by side: ``devices=1 threads=1``
     (one device: one core), ``devices=N`` (N processes, cores / N threads each) and ``devices=1`` with torch's
-    default threads (one process on every core). The time is ``predict.json``'s ``wall_time_s`` (from reading
-    the inputs to the merged outputs, starting the processes included); the label maps are compared. The
-    target is the speed-up from one device to N, as on a GPU node where each process has a device of its own;
-    against one process on every core the ratio is what a CPU-only machine gains, reported beside it."""
+    default threads (one process on every core), in ``rounds`` interleaved rounds (ABCABC...: a drift of the
+    shared machine's speed hits every case alike); each case's time is the median over the rounds. The time is
+    ``predict.json``'s ``wall_time_s`` (from reading the inputs to the merged outputs, starting the processes
+    included); the label maps are compared. The target is the speed-up from one device to N, as on a GPU node
+    where each process has a device of its own; against one process on every core the ratio is what a CPU-only
+    machine gains, reported beside it."""
     import numpy as np
     from PIL import Image
 
@@ -202,27 +205,34 @@ def run_processes(tmp: Path, images: int = 64, size: int = 512, devices: int = 2
         img = np.clip(base[..., None] + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(img).save(folder / f"img{i:03d}.png")
     cases = {"one_device": (1, ["threads=1"]), "devices": (devices, []), "all_cores": (1, [])}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in cases}
+    for r in range(rounds):
+        for name, (n, extra) in cases.items():
+            out = tmp / f"out_{name}_{r}"
+            cmd = [sys.executable, "-m", "segkit.predict", f"ckpt_path={ckpt}", f"input={folder}", f"output={out}", f"devices={n}",
+                   f"paths.log_dir={tmp / 'logs' / name}", *extra]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise RuntimeError(f"segkit.predict devices={n} {' '.join(extra)} failed: {proc.stderr[-2000:]}")
+            summary = json.loads((out / "predict.json").read_text())
+            runs[name].append({"predict_s": summary["wall_time_s"], "command_s": round(wall, 1), "summary": summary})
     rows = {}
     for name, (n, extra) in cases.items():
-        out = tmp / f"out_{name}"
-        cmd = [sys.executable, "-m", "segkit.predict", f"ckpt_path={ckpt}", f"input={folder}", f"output={out}", f"devices={n}",
-               f"paths.log_dir={tmp / 'logs' / name}", *extra]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise RuntimeError(f"segkit.predict devices={n} {' '.join(extra)} failed: {proc.stderr[-2000:]}")
-        summary = json.loads((out / "predict.json").read_text())
-        inner = summary["wall_time_s"]
+        summary = runs[name][0]["summary"]
+        inner = statistics.median(x["predict_s"] for x in runs[name])
         rows[name] = {"case": name, "devices": n, "threads": summary.get("threads_per_process", 1 if extra else "default"),
-                      "start_method": summary.get("start_method", "-"), "predict_s": inner, "command_s": round(wall, 1),
-                      "images_per_s": round(images / inner, 2)}
-    ref = sorted((tmp / "out_one_device").glob("*_labels.png"))
+                      "start_method": summary.get("start_method", "-"), "predict_s": inner,
+                      "predict_s_rounds": [x["predict_s"] for x in runs[name]],
+                      "command_s": statistics.median(x["command_s"] for x in runs[name]), "images_per_s": round(images / inner, 2)}
+    ref = sorted((tmp / "out_one_device_0").glob("*_labels.png"))
     same = len(ref) == images and all(
-        np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(tmp / f"out_{name}" / p.name)))
-        for name in ("devices", "all_cores") for p in ref)
-    return {"images": images, "size": size, "devices": devices, "rows": list(rows.values()),
-            "speedup": round(rows["one_device"]["predict_s"] / rows["devices"]["predict_s"], 3),
+        np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(tmp / f"out_{name}_{r}" / p.name)))
+        for name in cases for r in range(rounds) for p in ref)
+    per_round = [round(a["predict_s"] / b["predict_s"], 3) for a, b in zip(runs["one_device"], runs["devices"], strict=True)]
+    return {"images": images, "size": size, "devices": devices, "rounds": rounds, "rows": list(rows.values()),
+            "speedup": round(rows["one_device"]["predict_s"] / rows["devices"]["predict_s"], 3), "speedup_rounds": per_round,
             "speedup_vs_all_cores": round(rows["all_cores"]["predict_s"] / rows["devices"]["predict_s"], 3),
             "identical_outputs": bool(same), "target_speedup": 1.8, "model": "U-Net depth 3, base width 8 (random weights)"}
 

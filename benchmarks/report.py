@@ -190,6 +190,14 @@ def render(r: dict) -> str:
         "lowers the efficiency. Both sit in PyTorch's kernels, not in segkit's loop (section 1).",
         "",
     ]
+    if ef.get("conv_only_ceiling") is not None:
+        ceiling = ef["conv_only_ceiling"]
+        L += [f"A step made of nothing but its convolutions, at the rates they ran at here, would reach **{ceiling}** of the peak "
+              f"({_pct(ef['op_shares']['convolution forward'] + ef['op_shares']['convolution backward'])} of the step's time is "
+              "convolutions). "
+              + ("That is below the 0.75 target: no change outside PyTorch's convolution kernels (oneDNN on this CPU) can "
+                 "reach it against a forward-convolution peak." if ceiling < 0.75 else
+                 "The target is within reach of the convolution kernels; the gap is the rest of the step."), ""]
 
     # ------------------------------------------------------------------ 3 pipeline
     df = pl_["darkfield"]
@@ -510,12 +518,16 @@ def large_section(lg: dict | None, pr: dict | None = None) -> list[str]:
               f"speed-up >= {pr['target_speedup']} from one device to {n} (here a device is one core: `devices=1 threads=1` against "
               f"`devices={n}`), with identical outputs. Result: x{pr['speedup']}: {met(pr['speedup'] >= pr['target_speedup'])}; "
               f"identical: {pr['identical_outputs']}."]
+        if pr.get("rounds", 1) > 1:
+            L += ["", f"{pr['rounds']} interleaved rounds (one device, {n} devices, all cores; repeated): each case's time is its "
+                  f"median over the rounds; the speed-up of each round alone: {', '.join(f'x{v}' for v in pr['speedup_rounds'])}."]
         if "speedup_vs_all_cores" in pr:
             L += ["", f"Against one process that uses every core (`devices=1`, torch's threads), `devices={n}` is "
                   f"x{pr['speedup_vs_all_cores']}: what a CPU-only machine gains from it."]
         L += ["", "| case | devices | threads per process | started by | predict s | images/s | command s (with start-up) |",
               "|---|---|---|---|---|---|---|"]
         for row in pr["rows"]:
+            rounds = f" ({', '.join(str(v) for v in row['predict_s_rounds'])})" if len(row.get("predict_s_rounds", [])) > 1 else ""
             L.append(f"| {row.get('case', '')} | {row['devices']} | {row.get('threads', '')} | {row.get('start_method', '')} | "
-                     f"{row['predict_s']} | {row['images_per_s']} | {row['command_s']} |")
+                     f"{row['predict_s']}{rounds} | {row['images_per_s']} | {row['command_s']} |")
     return L + [""]

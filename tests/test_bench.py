@@ -89,6 +89,7 @@ def test_bench_quick_writes_every_section(tmp_path: Path) -> None:
     pr = results["processes"]
     assert pr["identical_outputs"] is True and [r["devices"] for r in pr["rows"]] == [1, 2, 1]
     assert [r["case"] for r in pr["rows"]] == ["one_device", "devices", "all_cores"] and pr["rows"][0]["threads"] == 1
+    assert pr["rounds"] == 1 and len(pr["speedup_rounds"]) == 1 and all(len(r["predict_s_rounds"]) == 1 for r in pr["rows"])
     td = results["train_data"]
     assert [c["size"] for c in td["cases"]] == [1024, 2048] and td["tile"] == 256
     for c in td["cases"]:
@@ -112,3 +113,20 @@ def test_history_lines_hold_the_targets_figures(tmp_path: Path) -> None:
     path.write_text(json.dumps(line) + "\n" + json.dumps({**line, "overhead_unet": 0.5}) + "\n")
     assert [h["overhead_unet"] for h in read_history(path)] == [0.98, 0.5]
     assert read_history(tmp_path / "missing.jsonl") == []
+
+
+def test_the_processes_table_shows_every_round_and_the_median() -> None:
+    from benchmarks.report import large_section
+
+    rows = [{"case": c, "devices": d, "threads": 1, "start_method": m, "predict_s": med, "predict_s_rounds": rs, "images_per_s": 1.0,
+             "command_s": 9.0} for c, d, m, med, rs in [("one_device", 1, "-", 8.0, [8.2, 8.0, 7.9]),
+                                                         ("devices", 2, "fork", 4.3, [4.3, 4.6, 4.2]),
+                                                         ("all_cores", 1, "-", 6.0, [6.0, 6.1, 5.9])]]
+    pr = {"images": 64, "size": 512, "devices": 2, "rounds": 3, "rows": rows, "speedup": 1.86, "speedup_rounds": [1.907, 1.739, 1.881],
+          "speedup_vs_all_cores": 1.395, "identical_outputs": True, "target_speedup": 1.8, "model": "m"}
+    lg = {"targets": {"rss_ratio_max": 1.5, "speed_ratio_min": 0.9}, "rss_flat": True, "speed_flat": True,
+          "cases": [{"size": 4096, "file_mb": 1, "rss_ratio": 1.0, "speed_ratio": 1.0,
+                     "regions": {"seconds": 1, "mpx_per_s": 1, "rss_after_setup_mb": 1, "peak_rss_mb": 1}}]}
+    text = "\n".join(large_section(lg, pr))
+    assert "Result: x1.86: **met**" in text and "x1.907, x1.739, x1.881" in text
+    assert "| devices | 2 | 1 | fork | 4.3 (4.3, 4.6, 4.2) |" in text

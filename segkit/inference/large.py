@@ -466,7 +466,8 @@ def ngff_group(path: Path, shape: tuple[int, ...], dtype: str, pixel_size: float
     arr = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
     scale = pixel_size or 1.0
     group.attrs["multiscales"] = [{
-        "version": "0.4", "name": path.name,
+        # the name viewers show: the final one (the group is written under a temporary ``.part`` name and renamed)
+        "version": "0.4", "name": path.name.removesuffix(".part").removesuffix(".ome.zarr"),
         "axes": [{"name": "c", "type": "channel"} if a == "c" else {"name": a, "type": "space", "unit": "micrometer"} for a in axes],
         "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0 if a == "c" else scale for a in axes]}]}],
     }]

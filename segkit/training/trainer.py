@@ -29,6 +29,10 @@ def build_trainer(cfg: DictConfig, module: SegModule | None = None) -> pl.Traine
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(lg, **_run_name(lg, cfg)) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer_cfg = _plain(cfg.trainer)
+    if not any(isinstance(c, pl.callbacks.ProgressBar) for c in callbacks):
+        # callbacks.progress_bar=null means no bar: Lightning would otherwise add its own (epochs from 0, "Epoch 213/-2"
+        # under a budget, the logger's version), drawn over the epoch lines segkit prints in its place
+        trainer_cfg.setdefault("enable_progress_bar", False)
     if trainer_cfg.get("deterministic") is True and module is not None:
         lacking = sorted({type(m).__name__ for m in module.modules() if isinstance(m, NON_DETERMINISTIC_LAYERS)})
         if lacking:

@@ -131,6 +131,7 @@ def test_predict_ome_zarr_16_bit_writes_ngff_labels_and_maps_intensities_from_th
     labels = zarr.open_group(str(out / "plate_labels.ome.zarr"), mode="r")
     props = labels.attrs["image-label"]["properties"]
     assert [p["class"] for p in props] == NAMES
+    assert labels.attrs["multiscales"][0]["name"] == "plate_labels"  # not the temporary name it was written under
     scaled = np.clip((img16.astype(np.float32) - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
     expected, probs = reference_labels(modules, scaled[..., None], 96, 0.25)
     margin = np.sort(probs, axis=0)[-1] - np.sort(probs, axis=0)[-2]

@@ -212,3 +212,15 @@ def test_run_label_and_metric_order():
     assert run_label(["ckpt_path=/x/last.ckpt", "hydra.run.dir=/y"]) == "defaults"
     order = metric_order({"val/pixel_acc": 1, "val/iou/b": 1, "val/miou": 1, "test/miou": 1, "val/dice/a": 1}, "val/iou/b", ["a", "b"])
     assert order == ["val/iou/b", "val/miou", "test/miou", "val/pixel_acc", "val/dice/a"]
+
+
+def test_progress_bar_null_means_no_bar(tmp_path):
+    """``callbacks.progress_bar=null``: no bar at all (Lightning would add its own, counting epochs from 0 and showing
+    'Epoch 213/-2' under a budget); the epoch lines go to the console instead. A bar in the config is kept."""
+    from segkit.training.trainer import build_trainer
+    from tests.conftest import compose_cfg
+
+    off = build_trainer(compose_cfg(tmp_path, TINY_DATA + TINY_MODELS["unet"]))  # TINY_DATA sets callbacks.progress_bar=null
+    assert off.progress_bar_callback is None
+    on = build_trainer(compose_cfg(tmp_path, [o for o in TINY_DATA if "progress_bar" not in o] + TINY_MODELS["unet"]))
+    assert isinstance(on.progress_bar_callback, RichProgressBar)
