@@ -329,6 +329,13 @@ def render(r: dict) -> str:
     ]
     for x in pr["rows"]:
         L.append(f"| {x['batch']} x {x['size']}x{x['size']} | {x['fp32_step_s']} | {x['bf16_step_s']} | **{x['bf16_over_fp32']}** |")
+    if pr.get("plan"):
+        pl_ = pr["plan"]
+        L += ["", f"With `budget=`, the plan chooses `trainer.precision` for `auto` by its own measurement of the network's training "
+              f"step (`segkit.planning.planner.measure_step_seconds`, U-Net width 16, {pl_['batch']} x {pl_['size']}x{pl_['size']}): "
+              f"fp32 {pl_['fp32_step_s']} s, bf16 autocast {pl_['bf16_step_s']} s, {pl_['gain']}x; bf16 instructions "
+              f"{'reported' if pl_['bf16_instructions'] else 'not reported'} by the CPU; the plan chooses **{pl_['choice']}** "
+              f"(bf16-mixed from {pl_['min_gain']}x). Without a budget `auto` stays `{pr['auto_resolves_to']}` on a CPU."]
     L += ["", f"GPU rows (16-mixed / bf16-mixed on CUDA): not available{'' if pr['gpu'] else ': no GPU in this run'}.", ""]
 
     # ------------------------------------------------------------------ 7 optimisations

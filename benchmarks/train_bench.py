@@ -472,7 +472,17 @@ def precision(repeats: int = 2, shapes: tuple[tuple[int, int], ...] = ((2, 64),)
         secs = interleaved({"fp32": lambda step=step, x=x, m=m: step(x, m), "bf16": bf16}, 1, repeats)
         rows.append({"batch": batch, "size": size, "fp32_step_s": round(secs["fp32"], 4), "bf16_step_s": round(secs["bf16"], 4),
                      "bf16_over_fp32": round(secs["bf16"] / secs["fp32"], 2)})
-    return {"rows": rows, "cpu_bf16_is_fast": cpu_bf16_is_fast(),
+    # what the plan (budget=...) chooses for trainer.precision=auto, from its own measurement at the largest shape
+    from segkit.planning.fingerprint import cpu_bf16_instructions
+    from segkit.planning.planner import BF16_GAIN, measure_step_seconds
+
+    batch, size = shapes[-1]
+    spec = {"_target_": "segkit.models.UNet", "in_channels": 3, "num_classes": 3, "depth": 4, "base_width": 16}
+    fp32_s, bf16_s = (measure_step_seconds(spec, batch, size, 3, 3, steps=3, precision=p) for p in ("32-true", "bf16-mixed"))
+    plan = {"batch": batch, "size": size, "fp32_step_s": round(fp32_s, 4), "bf16_step_s": round(bf16_s, 4),
+            "gain": round(fp32_s / bf16_s, 2), "bf16_instructions": cpu_bf16_instructions(),
+            "choice": "bf16-mixed" if cpu_bf16_instructions() and fp32_s / bf16_s >= BF16_GAIN else "32-true", "min_gain": BF16_GAIN}
+    return {"rows": rows, "cpu_bf16_is_fast": cpu_bf16_is_fast(), "plan": plan,
             "auto_resolves_to": resolve_precision("auto", "cpu")[0],
             "bf16_mixed_resolves_to": resolve_precision("bf16-mixed", "cpu")[0],
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

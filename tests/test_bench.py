@@ -83,6 +83,10 @@ def test_bench_quick_writes_every_section(tmp_path: Path) -> None:
     for row in results["training"]["overhead"]:
         assert len(row["round_ratios"]) == 1 and row["segkit_faults_per_step"] >= 0
     assert len(results["training"]["efficiency"]["peak_candidates_gflop_per_s"]) == 4
+    plan = results["training"]["precision"]["plan"]
+    assert plan["gain"] == round(plan["fp32_step_s"] / plan["bf16_step_s"], 2) or abs(plan["gain"] - plan["fp32_step_s"] / plan["bf16_step_s"]) < 0.02
+    assert plan["choice"] == ("bf16-mixed" if plan["bf16_instructions"] and plan["fp32_step_s"] / plan["bf16_step_s"] >= 1.2 else "32-true")
+    assert 0 <= results["training"]["efficiency"]["conv_only_ceiling"]
     assert not (tmp_path / "history.jsonl").exists()  # quick runs are not measurements: no history line
     large = results["large"]
     assert [c["size"] for c in large["cases"]] == [1024, 2048] and large["cases"][0]["labels_equal_share"] > 0.999
