@@ -21,8 +21,8 @@ With a ``budget`` (the choices that spend compute):
 - ``trainer.precision`` (on a CPU, when the config leaves it at ``auto`` and one process trains): the training
   step of the network as composed, measured in fp32 and in bf16 autocast at the planned batch and crop;
   ``bf16-mixed`` when that is at least 1.2x faster, else ``32-true``. Measured before the width, whose step times
-  are then taken in the chosen precision. AVX-512 BF16 CPUs (Zen 4/5, Sapphire Rapids) ran U-Net steps 1.6-2.8x
-  faster in bf16; AVX2 CPUs 6-9x slower (BENCHMARKS.md, section 6). Validation, eval and predict stay fp32.
+  are then taken in the chosen precision. The AVX-512 BF16 development machines (AMD EPYC) ran U-Net steps 1.6-3.5x
+  faster in bf16, the AVX2 ones 6-9x slower (BENCHMARKS.md, section 6). Validation, eval and predict stay fp32.
 """
 
 from __future__ import annotations
