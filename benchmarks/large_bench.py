@@ -3,7 +3,7 @@
 pixels, beside the whole-image path (``make_predictor`` on the decoded image) at 4,096^2.
 
 Every case runs in a fresh process (``python -m benchmarks.large_bench --case ...``), so each peak RSS
-(``ru_maxrss``) is that case's alone; the process's RSS after imports and model set-up is recorded beside
+(VmHWM, :func:`benchmarks.rss.peak_rss_mb`) is that case's alone; the process's RSS after imports and model set-up is recorded beside
 it. The input is written beforehand by another process, tile by tile (zlib, 512 px tiles; a smooth
 pattern with a hashed texture). The network is deliberately trivial (one 1x1 convolution): the figures
 measure the pipeline that grows with the image (reading, decoding, windows, normalisation, softmax,
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,21 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.rss import peak_rss_mb, rss_mb
+
 ROOT = Path(__file__).resolve().parent.parent
 SIZES, QUICK_SIZES = (4096, 20000, 50000), (1024, 2048)
 TILE_IN = 512
 RSS_TARGET, SPEED_TARGET = 1.5, 0.90
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_input(path: Path, size: int) -> dict[str, Any]:
@@ -87,7 +77,7 @@ def run_case(path: Path, mode: str, out: Path) -> dict[str, Any]:
     module = _network()
     with torch.inference_mode():
         module(torch.zeros((1, 3, 64, 64), dtype=torch.uint8))
-    set_up = _rss_mb()
+    set_up = rss_mb()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if mode == "regions":
@@ -113,7 +103,7 @@ def run_case(path: Path, mode: str, out: Path) -> dict[str, Any]:
     with tifffile.TiffFile(path) as tif:
         h, w = tif.series[0].shape[:2]
     return {"mode": mode, "size": [h, w], "seconds": round(seconds, 2), "mpx_per_s": round(h * w / 1e6 / seconds, 3),
-            "rss_after_setup_mb": round(set_up, 1), "peak_rss_mb": round(_peak_mb(), 1), "labels": labels}
+            "rss_after_setup_mb": round(set_up, 1), "peak_rss_mb": round(peak_rss_mb(), 1), "labels": labels}
 
 
 def child(module: str, args: list[str], timeout: float) -> dict[str, Any]:

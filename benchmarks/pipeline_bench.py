@@ -25,6 +25,7 @@ from omegaconf import open_dict
 
 from benchmarks.augment_bench import SEGKIT_OPTIONS
 from benchmarks.common import compose, data_stub, median, now, synthetic_tensors, tensor_loader
+from benchmarks.rss import peak_rss_mb, rss_mb
 from benchmarks.train_bench import BATCH, StepTimer, step_deltas
 from segkit.data.augment import BatchAugment
 from segkit.training.fit import build_module
@@ -186,22 +187,6 @@ def scaling(quick: bool, tmp: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- memory
-def _vmhwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _vmrss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _probe(args: list[str]) -> dict:
     """Runs ``python -m benchmarks.pipeline_bench memory ...`` in a fresh process; returns its JSON."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -231,9 +216,9 @@ def _memory_main(argv: list[str]) -> None:
         size = int(argv[1])
         net = UNet(in_channels=3, num_classes=3, depth=2, base_width=4).eval().to(memory_format=torch.channels_last)
         image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8).float()
-        before = _vmrss_mb()
+        before = rss_mb()
         probs = sliding_window_probs(net, image, 3, tile=512, overlap=0.25, stride=4, batch_size=4)
-        peak = _vmhwm_mb()
+        peak = peak_rss_mb()
         probs_mb = probs.numel() * 4 / 2**20
         # stitching holds the [K, H, W] accumulator (the output) and an [H, W] weight sum
         stitched_mb = probs_mb + size * size * 4 / 2**20
@@ -254,11 +239,11 @@ def _memory_main(argv: list[str]) -> None:
         dm = instantiate(cfg.data, _convert_="all")
         dm.prepare()
         decoded = sum(a.nbytes for pair in dm._cache.values() for a in pair) / 2**20
-        after_prepare = _vmhwm_mb()
+        after_prepare = peak_rss_mb()
         module = build_module(cfg, dm, None)
         build_trainer(cfg).fit(module, datamodule=dm)
         print(json.dumps({"data": f"darkfield, {len(dm._cache)} images" if root else "synthetic", "steps": steps, "decoded_images_mb": round(decoded, 1),
-                          "peak_after_prepare_mb": round(after_prepare, 1), "peak_mb": round(_vmhwm_mb(), 1)}))
+                          "peak_after_prepare_mb": round(after_prepare, 1), "peak_mb": round(peak_rss_mb(), 1)}))
 
 
 def run(quick: bool = False, tmp: Path | None = None) -> dict:

@@ -3,7 +3,7 @@ TIFF (RGB, with its mask TIFF) and two small PNG pairs, prepared by :class:`segk
 ``data.storage=disk`` (tiles read from the file per crop) and ``data.storage=memory`` (every tile decoded once),
 then 64 training batches of 8 random 256 px crops drawn through ``train_dataloader`` as training draws them.
 
-Every case runs in a fresh process, so its peak RSS (``ru_maxrss``) is its own; the RSS after imports is
+Every case runs in a fresh process, so its peak RSS (VmHWM, :func:`benchmarks.rss.peak_rss_mb`) is its own; the RSS after imports is
 recorded beside it. Recorded: peak RSS above that baseline, the preparation time (reading, the checks of every
 pixel, the train statistics) and crops per second. The figure that matters: with ``disk`` the peak does not grow
 with the image; with ``memory`` it grows by about 4 bytes per pixel (3 channels + the mask).
@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.large_bench import _peak_mb, _rss_mb, child, write_input
+from benchmarks.large_bench import child, write_input
+from benchmarks.rss import peak_rss_mb, rss_mb
 
 SIZES, QUICK_SIZES = (8192, 16384), (1024, 2048)
 #: data.tile_size: a TIFF over 4 tiles is read by regions (quick: 512 px, so that small inputs are large)
@@ -59,14 +60,14 @@ def write_dataset(root: Path, size: int) -> dict[str, Any]:
 def run_case(root: Path, storage: str, tile: int = TILE, batches: int = BATCHES) -> dict[str, Any]:
     from segkit.data import SegDataModule
 
-    base = _rss_mb()
+    base = rss_mb()
     t0 = time.perf_counter()
     dm = SegDataModule(root=str(root), class_names=["background", "bright"], num_classes=2, format="folder", storage=storage, tile_size=tile,
                        crop_size=CROP, crops_per_image=batches * BATCH, batch_size=BATCH, val_fraction=0.34,
                        format_options={"tile_groups": "tile"})
     dm.prepare()
     prepare_s = time.perf_counter() - t0
-    after_prepare = _peak_mb()
+    after_prepare = peak_rss_mb()
     t0 = time.perf_counter()
     n = 0
     for k, batch in enumerate(dm.train_dataloader()):
@@ -77,8 +78,8 @@ def run_case(root: Path, storage: str, tile: int = TILE, batches: int = BATCHES)
     r = dm.storage_record
     return {"storage": storage, "mode": r["mode"], "tiles": r["region_tiles"], "decoded_mb": round(r["decoded_bytes"] / 1e6, 1),
             "prepare_s": round(prepare_s, 1), "crops_per_s": round(n / crops_s, 1), "crops": n,
-            "rss_after_imports_mb": round(base, 1), "peak_after_prepare_mb": round(after_prepare, 1), "peak_rss_mb": round(_peak_mb(), 1),
-            "peak_above_imports_mb": round(_peak_mb() - base, 1)}
+            "rss_after_imports_mb": round(base, 1), "peak_after_prepare_mb": round(after_prepare, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_above_imports_mb": round(peak_rss_mb() - base, 1)}
 
 
 def run(quick: bool = False, tmp: Path | None = None, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:

@@ -134,3 +134,19 @@ def test_the_processes_table_shows_every_round_and_the_median() -> None:
     text = "\n".join(large_section(lg, pr))
     assert "Result: x1.86: **met**" in text and "x1.907, x1.739, x1.881" in text
     assert "| devices | 2 | 1 | fork | 4.3 (4.3, 4.6, 4.2) |" in text
+
+
+def test_a_case_process_reports_its_own_peak_memory_not_its_parents() -> None:
+    """The cases of sections 9 and 10 run in fresh processes started from the bench process. Linux carries the
+    parent's peak RSS (ru_maxrss) into such a child through fork and exec, so the 2026-12-07 full run reported
+    4,775 MB for every case; each case's peak must be its own."""
+    ballast = bytearray(600 * 2**20)
+    ballast[::4096] = b"\x01" * len(range(0, len(ballast), 4096))  # touch every page: the parent's peak >= 600 MB
+    code = ("import json, resource; from benchmarks.rss import peak_rss_mb, rss_mb; "
+            "print(json.dumps([peak_rss_mb(), rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    peak, now, inherited = json.loads(out.stdout)
+    del ballast
+    assert inherited > 600  # what ru_maxrss says in the child: the parent's figure
+    assert peak < 100 and now < 100  # a bare interpreter that imported only benchmarks.rss
