@@ -25,6 +25,7 @@ from omegaconf import open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import (
+    CLASSES,
     PlainStep,
     compose,
     data_stub,
@@ -472,16 +473,22 @@ def precision(repeats: int = 2, shapes: tuple[tuple[int, int], ...] = ((2, 64),)
         secs = interleaved({"fp32": lambda step=step, x=x, m=m: step(x, m), "bf16": bf16}, 1, repeats)
         rows.append({"batch": batch, "size": size, "fp32_step_s": round(secs["fp32"], 4), "bf16_step_s": round(secs["bf16"], 4),
                      "bf16_over_fp32": round(secs["bf16"] / secs["fp32"], 2)})
-    # what the plan (budget=...) chooses for trainer.precision=auto, from its own measurement at the largest shape
+    # what the plan (budget=...) chooses for trainer.precision=auto: the planner's own rule, on its own step measurement
+    # at the largest shape
+    from omegaconf import OmegaConf
+
     from segkit.planning.fingerprint import cpu_bf16_instructions
-    from segkit.planning.planner import BF16_GAIN, measure_step_seconds
+    from segkit.planning.planner import BF16_GAIN, measure_step_seconds, precision_item
 
     batch, size = shapes[-1]
     spec = {"_target_": "segkit.models.UNet", "in_channels": 3, "num_classes": 3, "depth": 4, "base_width": 16}
-    fp32_s, bf16_s = (measure_step_seconds(spec, batch, size, 3, 3, steps=3, precision=p) for p in ("32-true", "bf16-mixed"))
-    plan = {"batch": batch, "size": size, "fp32_step_s": round(fp32_s, 4), "bf16_step_s": round(bf16_s, 4),
-            "gain": round(fp32_s / bf16_s, 2), "bf16_instructions": cpu_bf16_instructions(),
-            "choice": "bf16-mixed" if cpu_bf16_instructions() and fp32_s / bf16_s >= BF16_GAIN else "32-true", "min_gain": BF16_GAIN}
+    step_s = {p: measure_step_seconds(spec, batch, size, 3, 3, steps=3, precision=p) for p in ("32-true", "bf16-mixed")}
+    bf16_instructions = cpu_bf16_instructions()
+    item = precision_item(OmegaConf.create({"model": spec, "trainer": {}}), {"channels": 3, "classes": list(CLASSES)},
+                          {"cpu_bf16": bf16_instructions}, size, batch, lambda *_, precision: step_s[precision])
+    plan = {"batch": batch, "size": size, "fp32_step_s": round(step_s["32-true"], 4), "bf16_step_s": round(step_s["bf16-mixed"], 4),
+            "gain": round(step_s["32-true"] / step_s["bf16-mixed"], 2), "bf16_instructions": bf16_instructions,
+            "choice": item.value, "min_gain": BF16_GAIN}
     return {"rows": rows, "cpu_bf16_is_fast": cpu_bf16_is_fast(), "plan": plan,
             "auto_resolves_to": resolve_precision("auto", "cpu")[0],
             "bf16_mixed_resolves_to": resolve_precision("bf16-mixed", "cpu")[0],

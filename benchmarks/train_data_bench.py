@@ -75,11 +75,11 @@ def run_case(root: Path, storage: str, tile: int = TILE, batches: int = BATCHES)
         if k + 1 >= batches:
             break
     crops_s = time.perf_counter() - t0
-    r = dm.storage_record
+    r, peak = dm.storage_record, peak_rss_mb()
     return {"storage": storage, "mode": r["mode"], "tiles": r["region_tiles"], "decoded_mb": round(r["decoded_bytes"] / 1e6, 1),
             "prepare_s": round(prepare_s, 1), "crops_per_s": round(n / crops_s, 1), "crops": n,
-            "rss_after_imports_mb": round(base, 1), "peak_after_prepare_mb": round(after_prepare, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
-            "peak_above_imports_mb": round(peak_rss_mb() - base, 1)}
+            "rss_after_imports_mb": round(base, 1), "peak_after_prepare_mb": round(after_prepare, 1), "peak_rss_mb": round(peak, 1),
+            "peak_above_imports_mb": round(peak - base, 1)}
 
 
 def run(quick: bool = False, tmp: Path | None = None, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:

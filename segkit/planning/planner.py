@@ -133,7 +133,7 @@ def _compute(fp: dict[str, Any], cfg: Any, machine: dict[str, Any], budget_s: fl
     aim = ">= 32" if steps >= 32 else f"the aim is >= 32, but at most {cover} crops of one image per epoch"
     items.append(PlanItem("data.crops_per_image", cpi,
                           f"{fp['num_images']} train images x {cpi} crops / batch {batch} = {steps} steps per epoch ({aim})"))
-    precision = _precision(cfg, fp, machine, crop, batch, measure)
+    precision = precision_item(cfg, fp, machine, crop, batch, measure)
     if precision is not None:
         items.append(precision)
     items += _width(cfg, fp, budget_s, crop, batch, measure, precision.value if precision is not None else "32-true")
@@ -148,8 +148,10 @@ def _single_cpu_process(cfg: Any, machine: dict[str, Any]) -> bool:
             and str(tr.get("devices", 1)) in ("1", "auto") and str(tr.get("num_nodes", 1)) == "1")
 
 
-def _precision(cfg: Any, fp: dict[str, Any], machine: dict[str, Any], crop: int, batch: int, measure) -> PlanItem | None:
-    """``trainer.precision`` on a CPU: bf16-mixed where the network's measured training step is >= 1.2x faster."""
+def precision_item(cfg: Any, fp: dict[str, Any], machine: dict[str, Any], crop: int, batch: int, measure) -> PlanItem | None:
+    """``trainer.precision`` on a CPU: bf16-mixed where the network's measured training step is >= 1.2x faster
+    (``measure(spec, batch, crop, channels, classes, precision=...)`` -> seconds per step). The bench records
+    what this chooses."""
     from omegaconf import OmegaConf
 
     if str((cfg.get("trainer") or {}).get("precision", "auto")) != "auto" or not _single_cpu_process(cfg, machine):
