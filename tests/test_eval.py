@@ -127,6 +127,29 @@ def test_eval_cli_bad_checkpoint_is_one_sentence(tmp_path):
     assert len(lines) == 1 and "junk.ckpt" in lines[0] and "not a segkit checkpoint" in lines[0]
 
 
+def test_eval_says_when_a_threshold_removes_a_class_the_argmax_predicted(trained, tmp_path, capsys):
+    ckpt, dm, _, tmp = trained
+    module = SegModule.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu").eval()
+    images, _, stems = dm.arrays("val")
+    tops = {}
+    with torch.no_grad():
+        for image, stem in zip(images, stems, strict=True):
+            p = torch.softmax(module(torch.from_numpy(image).permute(2, 0, 1)[None]), 1)[0]
+            mine = p.argmax(0) == 1
+            if mine.any():
+                tops[stem] = (float(p[1][mine].max()), int(mine.sum()))
+    assert tops, "the tiny model predicts rbc somewhere"
+    t = min(1.0, max(v for v, _ in tops.values()) + 1e-3)
+    result = _eval(tmp, f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'o'}", f"postprocess={{thresholds: {{1: {t}}}}}")
+    assert result["pooled"]["iou/rbc"] == 0.0
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "removed every pixel" in ln]
+    assert len(said) == len(tops) and all("'rbc'" in ln for ln in said)
+    report = (tmp_path / "o" / "eval_report.md").read_text()
+    assert f"in {len(tops)} of the images" in report
+    for stem, (top, n) in tops.items():
+        assert f"`{stem}`: 'rbc' (threshold {t:g}, highest probability {top:.3f}, {n} argmax px)" in report
+
+
 def test_eval_of_an_ensemble_with_postprocessing_matches_a_manual_recount(trained, tmp_path):
     from segkit.inference import postprocess
 

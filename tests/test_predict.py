@@ -335,3 +335,23 @@ def test_a_hydra_multirun_of_shards_then_merge(ckpts, tmp_path):
                            env=cli_env(), timeout=300)
     assert merge.returncode == 0 and "3 images merged" in merge.stdout, merge.stderr[-2000:]
     assert len(json.loads((out / "predict.json").read_text())["images"]) == 3
+
+
+def test_predict_says_when_a_threshold_removes_a_class_the_argmax_predicted(ckpts, tmp_path, capsys):
+    _images(tmp_path / "in", [(96, 128)])
+    _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'a'}", "save_probabilities=true",
+             "postprocess={}")
+    probs = np.load(tmp_path / "a" / "img0_probs.npy")
+    mine = probs.argmax(0) == 1
+    assert mine.any(), "the tiny model predicts rbc somewhere in the noise image"
+    top = float(probs[1][mine].max())
+    t = min(1.0, top + 1e-3)
+    capsys.readouterr()
+    _predict(tmp_path, f"ckpt_path={ckpts[0]}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'b'}",
+             f"postprocess={{thresholds: {{1: {t}}}}}")
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "removed every pixel" in ln]
+    assert len(said) == 1 and "img0.png" in said[0] and "'rbc'" in said[0] and f"{top:.3f}" in said[0]
+    assert not (np.asarray(Image.open(tmp_path / "b" / "img0_labels.png")) == 1).any()
+    entry = json.loads((tmp_path / "b" / "records" / "img0.json").read_text())["entry"]
+    assert entry["emptied_by_thresholds"] == [{"class": 1, "class_name": "rbc", "threshold": t, "argmax_pixels": int(mine.sum()),
+                                               "max_probability": pytest.approx(top, abs=1e-6)}]

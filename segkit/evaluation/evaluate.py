@@ -155,7 +155,15 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     em_thresholds = check_thresholds(cfg.get("em_thresholds") or [0.5]) if membrane is not None else []
     membrane_probs: list[np.ndarray] = []
     keep = None if membrane is None else (lambda p: membrane_probs.append(p[membrane].astype(np.float32)))
-    result = evaluate(label_function(modules, inference, tta, post, keep), list(module.class_names), images, masks, stems, dm.ignore_index)
+    emptied: list[list[dict]] = []
+    result = evaluate(label_function(modules, inference, tta, post, keep, emptied), list(module.class_names), images, masks, stems,
+                      dm.ignore_index)
+    if any(emptied):
+        from segkit.inference.postprocess import emptied_message
+
+        for stem, notes in zip(stems, emptied, strict=True):
+            if notes:
+                say(emptied_message(stem, notes, module.class_names))
     out = Path(cfg.paths.output_dir)
     meta = {
         "checkpoint": str(ckpt),
@@ -168,6 +176,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         "num_images": len(stems),
         "data": {"name": dm.name, "root": str(dm.root)},
         "data_source": data_source,
+        "emptied_by_thresholds": {stem: notes for stem, notes in zip(stems, emptied, strict=True) if notes},
         "device": str(device),
         "wall_time_s": time.perf_counter() - started,
     }

@@ -111,6 +111,7 @@ def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, i
         f"Prediction: {len(meta['checkpoints'])} checkpoint(s){' averaged in probability space' if len(meta['checkpoints']) > 1 else ''}; "
         f"test-time augmentation {meta['tta'] or 'none'}; post-processing: {meta['postprocess'] or 'none (argmax)'} "
         f"(from {meta['postprocess_source']}).",
+        *_emptied_lines(meta, class_names),
         "",
         "## Scores",
         "",
@@ -163,3 +164,17 @@ def write_outputs(out: Path, result: dict, class_names: list[str], meta: dict, i
     report = out / "eval_report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def _emptied_lines(meta: dict, class_names: list[str]) -> list[str]:
+    """A warning under the prediction line for each image where the post-processing thresholds removed a class
+    the argmax predicted."""
+    emptied = meta.get("emptied_by_thresholds") or {}
+    if not emptied:
+        return []
+    rows = [f"- `{stem}`: " + "; ".join(
+        f"'{class_names[n['class']]}' (threshold {n['threshold']:g}, highest probability {n['max_probability']:.3f}, "
+        f"{n['argmax_pixels']} argmax px)" for n in notes) for stem, notes in emptied.items()]
+    return ["", f"**Warning: the post-processing thresholds removed every pixel of a class the argmax predicted, in "
+                f"{len(emptied)} of the images** (lower the threshold, or tune it on validation):", "", *rows]
+

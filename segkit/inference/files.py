@@ -373,7 +373,12 @@ def _predict_whole(path: Path, modules: Sequence[Any], out: Path, cfg: DictConfi
     with torch.inference_mode():
         probs = predictor(torch.from_numpy(image).permute(2, 0, 1))
     probs_np = probs.numpy()
-    labels = postprocess(probs_np, post) if post else probs_np.argmax(0).astype(np.uint8)
+    notes: list[dict[str, Any]] = []
+    labels = postprocess(probs_np, post, notes) if post else probs_np.argmax(0).astype(np.uint8)
+    if notes:
+        from segkit.inference.postprocess import emptied_message
+
+        say(emptied_message(path.name, notes, names))
     stem = output_stem(path)
     px = float(cfg.pixel_size) if cfg.get("pixel_size") else pixel_size_of(path)
     save_labels(labels, names, out, stem, px)
@@ -386,6 +391,8 @@ def _predict_whole(path: Path, modules: Sequence[Any], out: Path, cfg: DictConfi
         np.save(atomic_path(probs_path), probs_np.astype(np.float32))
         _publish(probs_path)
     entry: dict[str, Any] = {"image": str(path), "size": [h, w], "pixel_size_um": px, "stem": stem}
+    if notes:
+        entry["emptied_by_thresholds"] = [{**n, "class_name": names[n["class"]]} for n in notes]
     if object_classes:
         from segkit.evaluation.object_report import class_ids
         from segkit.evaluation.objects import instances, object_table, write_objects_csv
@@ -418,6 +425,10 @@ def _predict_by_regions(path: Path, modules: Sequence[Any], out: Path, cfg: Dict
                          level=int(inference.get("level", 0)), output_format=str(inference.get("large_output", "auto")),
                          progress=on_windows)
     say(f"{path.name}: predicted region by region -> {Path(info['labels']).name}; intensities: {info['intensity']}")
+    if info.get("emptied_by_thresholds"):
+        from segkit.inference.postprocess import emptied_message
+
+        say(emptied_message(path.name, info["emptied_by_thresholds"], modules[0].class_names))
     labels = open_labels(Path(info["labels"]))
     if object_classes:
         from segkit.evaluation.object_report import class_ids

@@ -291,9 +291,11 @@ def window_probs_fn(modules: Sequence[Any], tta: dict) -> Callable[[torch.Tensor
 def stream_predict(source: RegionSource, probs_fn: Callable[[torch.Tensor], torch.Tensor], num_classes: int,
                    in_channels: int, *, mapping: tuple[float, float, str] | None = None, tile: int = 512, overlap: float = 0.25, batch_size: int = 4,
                    blend: str = "gaussian", thresholds: dict[int, float] | None = None, with_probs: bool = False,
-                   preview_step: int | None = None, progress: Callable[[int, int], None] | None = None) -> Iterator[Strip]:
+                   preview_step: int | None = None, progress: Callable[[int, int], None] | None = None,
+                   tally: dict[int, list[float]] | None = None) -> Iterator[Strip]:
     """The label map of ``source`` as :class:`Strip` s, top to bottom (see the module docstring);
-    ``mapping`` is :func:`intensity_map`'s for images over 8 bits."""
+    ``mapping`` is :func:`intensity_map`'s for images over 8 bits. ``tally`` (optional, with ``thresholds``)
+    collects per thresholded class ``[argmax px, px kept, highest probability on its argmax px]`` over the image."""
     from segkit.inference.postprocess import apply_thresholds
 
     height, width = source.shape
@@ -338,6 +340,15 @@ def stream_predict(source: RegionSource, probs_fn: Callable[[torch.Tensor], torc
                     carry[:, :th - f, base:flush_to] = block[:, f:th]
                 final = block[:k, :f] / block[k:k + 1, :f]
                 labels[:, base:flush_to] = apply_thresholds(final, thresholds) if thresholds else final.argmax(0)
+                if tally is not None and thresholds:
+                    am = final.argmax(0)
+                    for cls in thresholds:
+                        mine = am == cls
+                        if mine.any():
+                            t = tally.setdefault(cls, [0, 0, 0.0])
+                            t[0] += int(mine.sum())
+                            t[1] += int((labels[:, base:flush_to] == cls).sum())
+                            t[2] = max(t[2], float(final[cls][mine].max()))
                 if probs_out is not None:
                     probs_out[:, base:flush_to] = np.rint(np.moveaxis(final, 0, -1) * 255.0).astype(np.uint8)
                 px0 = base + (-base) % step
@@ -539,11 +550,14 @@ def predict_large(path: Path, modules: Sequence[Any], out: Path, *, inference: d
         probs_group, probs_arr = ngff_group(probs_path.with_name(probs_path.name + ".part"), (k, height, width), "uint8", px, 1024, "cyx")
         probs_rows = ZarrRows(probs_arr, 1024, channels_first=True)
 
+    tally: dict[int, list[float]] = {}
+
     def label_strips() -> Iterator[np.ndarray]:
         for strip in stream_predict(source, window_probs_fn(modules, tta), k, in_channels, mapping=mapping,
                                     tile=int(inference.get("tile", 512)), overlap=float(inference.get("overlap", 0.25)),
                                     batch_size=int(inference.get("batch_size", 4)), blend=str(inference.get("blend", "gaussian")),
-                                    thresholds=thresholds, with_probs=probs_rows is not None, preview_step=step, progress=progress):
+                                    thresholds=thresholds, with_probs=probs_rows is not None, preview_step=step, progress=progress,
+                                    tally=tally):
             if probs_rows is not None and strip.probs is not None:
                 probs_rows.add(strip.probs)
             preview.extend(strip.preview_rows)
@@ -581,7 +595,10 @@ def predict_large(path: Path, modules: Sequence[Any], out: Path, *, inference: d
         tmp_preview = preview_path.with_name(f".{stem}_preview.part.png")
         Image.fromarray(overlay(rgb, lab)).save(tmp_preview)
         tmp_preview.replace(preview_path)
+    emptied = [{"class": cls, "threshold": thresholds[cls], "argmax_pixels": int(n), "max_probability": top}
+               for cls, (n, kept, top) in sorted(tally.items()) if n and not kept]
     return {"labels": str(labels_path), "probabilities": str(probs_path) if probs_rows is not None else None,
+            "emptied_by_thresholds": emptied,
             "preview": str(out / f"{stem}_preview.png"), "preview_step": step, "region_by_region": True, "level": level,
             "axes": source.axes, "intensity": mapping[2] if mapping else "uint8 as it is", "format": fmt, "stem": stem,
             "pixel_size_um": px}

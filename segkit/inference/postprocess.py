@@ -132,6 +132,30 @@ def apply_thresholds(
     return labels
 
 
+def emptied_by_thresholds(probs: np.ndarray, labels: np.ndarray, thresholds: Mapping[int, float]) -> list[dict[str, Any]]:
+    """The classes of ``thresholds`` that the argmax of ``probs`` predicts somewhere but ``labels`` (after the
+    thresholds) nowhere: each as ``{"class", "threshold", "argmax_pixels", "max_probability"}``, the highest
+    probability the class reached on its argmax pixels (below its threshold, or it would have kept some)."""
+    argmax = probs.argmax(axis=0)
+    out = []
+    for cls, t in sorted(thresholds.items()):
+        mine = argmax == cls
+        n = int(mine.sum())
+        if n and not (labels == cls).any():
+            out.append({"class": int(cls), "threshold": float(t), "argmax_pixels": n,
+                        "max_probability": float(probs[cls][mine].max())})
+    return out
+
+
+def emptied_message(where: str, notes: list[dict[str, Any]], class_names: Sequence[str]) -> str:
+    """One warning sentence for :func:`emptied_by_thresholds`'s ``notes`` of one image."""
+    parts = [f"'{class_names[n['class']] if n['class'] < len(class_names) else n['class']}' (threshold {n['threshold']:g}; "
+             f"the argmax gave it {n['argmax_pixels']} px, its highest probability there is {n['max_probability']:.3f})"
+             for n in notes]
+    return (f"WARNING: {where}: postprocess.thresholds removed every pixel of {', '.join(parts)}; lower the threshold "
+            "(python -m segkit.tune_postprocess chooses one on validation) to keep the class")
+
+
 def _classes_present(labels: np.ndarray, classes: Sequence[int] | None, background: int) -> list[int]:
     present = [int(c) for c in np.unique(labels) if c != background]
     return present if classes is None else [c for c in classes if c in present and c != background]
@@ -201,14 +225,16 @@ def fill_holes(labels: np.ndarray, classes: Sequence[int] | None = None, backgro
     return out
 
 
-def postprocess(probs: np.ndarray, cfg: Mapping[str, Any] | None = None) -> np.ndarray:
+def postprocess(probs: np.ndarray, cfg: Mapping[str, Any] | None = None, notes: list[dict[str, Any]] | None = None) -> np.ndarray:
     """Labels ``[H, W]`` (uint8) from ``probs [K, H, W]``, applying in order (each step only when its key
     is set): :func:`median_filter_probs` (``median_size``), :func:`apply_thresholds` (``thresholds``:
     class index -> probability; plain argmax without), :func:`remove_small_objects`
     (``min_object_size``, on ``object_classes``, default every non-background class) and
     :func:`fill_holes` (``fill_holes: true``, on ``object_classes``). ``background`` (default 0) is the
     class that thresholded, removed and hole pixels are measured against. Unknown keys raise
-    :class:`SegkitError` naming ``postprocess.<key>``."""
+    :class:`SegkitError` naming ``postprocess.<key>``. ``notes`` (a list, optional) receives one entry per class
+    whose threshold removed every pixel the argmax gave it (:func:`emptied_by_thresholds`), so a caller can say
+    so instead of dropping the class silently."""
     cfg = {} if cfg is None else cfg
     if not isinstance(cfg, Mapping):
         raise SegkitError(
@@ -226,6 +252,8 @@ def postprocess(probs: np.ndarray, cfg: Mapping[str, Any] | None = None) -> np.n
         probs = median_filter_probs(probs, _check_median_size(median_size, "postprocess.median_size"))
     thresholds = _check_thresholds(cfg.get("thresholds"), probs.shape[0], "postprocess.thresholds")
     labels = apply_thresholds(probs, thresholds, background=background)
+    if notes is not None and thresholds:
+        notes += emptied_by_thresholds(probs, labels, thresholds)
     classes = _check_classes(cfg.get("object_classes"), "postprocess.object_classes")
     min_size = cfg.get("min_object_size")
     if min_size is not None:

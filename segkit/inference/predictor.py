@@ -69,10 +69,12 @@ def label_probs(modules: Sequence[SegNetwork], inference: dict, tta: dict) -> Ca
 
 
 def label_function(modules: Sequence[SegNetwork], inference: dict, tta: dict, post: dict | None,
-                   on_probs: Callable[[np.ndarray], None] | None = None) -> Callable[[np.ndarray], np.ndarray]:
+                   on_probs: Callable[[np.ndarray], None] | None = None,
+                   notes: list[list[dict]] | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """Image -> labels: one checkpoint, or an ensemble averaged in probability space, with optional
     test-time flips/rotations, then ``post`` (segkit.inference.postprocess) or the argmax. ``on_probs``
-    (optional) sees each image's ``[K, H, W]`` probabilities before they become labels."""
+    (optional) sees each image's ``[K, H, W]`` probabilities before they become labels; ``notes`` (optional)
+    gets one list per image of the classes ``post``'s thresholds removed entirely."""
     from segkit.inference import postprocess
 
     probs_of = label_probs(modules, inference, tta)
@@ -81,6 +83,10 @@ def label_function(modules: Sequence[SegNetwork], inference: dict, tta: dict, po
         p = probs_of(image).numpy()
         if on_probs is not None:
             on_probs(p)
-        return postprocess(p, post) if post else p.argmax(0)
+        mine: list[dict] = []
+        out = postprocess(p, post, mine) if post else p.argmax(0)
+        if notes is not None:
+            notes.append(mine)
+        return out
 
     return labels

@@ -373,6 +373,26 @@ def test_fill_holes_fills_enclosed_hole_but_not_open_notch() -> None:
     assert (fill_holes(labels, classes=[2]) == labels).all()
 
 
+def test_a_threshold_above_every_probability_of_a_class_is_reported_not_silent() -> None:
+    from segkit.inference.postprocess import emptied_message
+
+    probs = np.zeros((3, 10, 10), dtype=np.float32)
+    probs[0] = 0.9
+    probs[1:, :, :] = 0.05
+    probs[:, 2:6, 2:6] = np.array([0.12, 0.758, 0.122], np.float32)[:, None, None]  # a capped cell: 16 px at 0.758
+    probs[:, 7:9, 7:9] = np.array([0.1, 0.2, 0.7], np.float32)[:, None, None]  # class 2 survives its threshold
+    notes: list = []
+    labels = postprocess(probs, {"thresholds": {1: 0.8, 2: 0.6}}, notes)
+    assert not (labels == 1).any() and (labels == 2).sum() == 4
+    assert len(notes) == 1 and notes[0]["class"] == 1 and notes[0]["argmax_pixels"] == 16
+    assert notes[0]["max_probability"] == pytest.approx(0.758) and notes[0]["threshold"] == 0.8
+    message = emptied_message("phase_020.tif", notes, ["other", "cell", "edge"])
+    assert "phase_020.tif" in message and "'cell' (threshold 0.8" in message and "0.758" in message
+    notes = []
+    postprocess(probs, {"thresholds": {1: 0.75}}, notes)  # keeps the cell: nothing to say
+    assert notes == []
+
+
 def test_postprocess_chain_and_unknown_key() -> None:
     probs = np.zeros((2, 24, 24), dtype=np.float32)
     probs[0], probs[1] = 0.95, 0.05

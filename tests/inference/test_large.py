@@ -70,6 +70,28 @@ def test_streamed_windows_equal_the_whole_image_sliding_window(tmp_path, h, w, t
     assert np.abs(got_probs.astype(np.float32) - np.moveaxis(probs, 0, -1) * 255).max() <= 0.51
 
 
+def test_region_by_region_tallies_a_class_its_threshold_removes_everywhere(tmp_path):
+    img = image(300, 410)
+    tifffile.imwrite(tmp_path / "a.tif", img, tile=(64, 64))
+    modules = [network()]
+    _, probs = reference_labels(modules, img, 64, 0.25)
+    argmax = probs.argmax(0)
+    top = {c: float(probs[c][argmax == c].max()) for c in (1, 2) if (argmax == c).any()}
+    assert set(top) == {1, 2}, "the random network predicts both classes somewhere"
+    thresholds = {1: min(1.0, top[1] + 1e-3), 2: 0.0}  # class 1 goes everywhere; class 2 keeps all of its pixels
+    tally: dict = {}
+    strips = list(stream_predict(open_source(tmp_path / "a.tif"), window_probs_fn(modules, {}), 3, 3, tile=64, overlap=0.25,
+                                 batch_size=3, thresholds=thresholds, tally=tally))
+    labels = np.concatenate([s.labels for s in strips])
+    assert not (labels == 1).any() and tally[1][1] == 0 and tally[2][1] == tally[2][0] > 0
+    assert abs(tally[1][0] - int((argmax == 1).sum())) <= 0.001 * argmax.size  # blending order: near-ties may differ
+    assert tally[1][2] == pytest.approx(top[1], abs=1e-4)
+    (tmp_path / "out").mkdir()
+    info = predict_large(tmp_path / "a.tif", modules, tmp_path / "out", inference={"tile": 64, "overlap": 0.25, "batch_size": 3},
+                         tta={}, post={"thresholds": thresholds})
+    assert [(n["class"], n["threshold"], n["argmax_pixels"]) for n in info["emptied_by_thresholds"]] == [(1, thresholds[1], tally[1][0])]
+
+
 def test_predict_large_tiff_writes_a_tiled_ome_tiff_with_class_names(tmp_path):
     img = image(600, 520)
     path = tmp_path / "slide.ome.tif"
