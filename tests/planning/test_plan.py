@@ -67,19 +67,6 @@ def test_a_rare_class_gets_weights_and_balanced_crops(tmp_path):
     assert "data.crop_size" not in rare  # without a budget the compute is not planned
 
 
-def test_a_thin_class_gets_weights_but_keeps_uniform_crops(tmp_path):
-    cfg = compose_cfg(tmp_path, TINY_DATA + TINY_MODELS["unet"])
-    fp = _fp(0.09)
-    fp["classes"][1]["median_width"], fp["classes"][2]["median_width"] = 9.0, 1.8  # phase_bacteria's cell and edge
-    thin = _items(make_plan(fp, cfg, {"gpus": []}, None))
-    assert thin["loss.class_weights"].value == "auto" and thin["data.sampling"].value == "uniform"
-    assert "'line' (1.8 px) is <= 3 px" in thin["loss.class_weights"].reason
-    fp["classes"][2]["median_width"] = 3.5  # just above the rule: as before
-    assert _items(make_plan(fp, cfg, {"gpus": []}, None))["loss.class_weights"].value is None
-    fp["classes"][2]["median_width"] = None  # a class without objects in the train split
-    assert _items(make_plan(fp, cfg, {"gpus": []}, None))["loss.class_weights"].value is None
-
-
 def test_the_budget_plans_crop_and_width_from_measured_step_times(tmp_path):
     cfg = compose_cfg(tmp_path, TINY_DATA + ["model=unet", "data.batch_size=8"])
     speed = {8: 0.25, 16: 0.5, 32: 3.0}
