@@ -177,4 +177,3 @@ def _emptied_lines(meta: dict, class_names: list[str]) -> list[str]:
         f"{n['argmax_pixels']} argmax px)" for n in notes) for stem, notes in emptied.items()]
     return ["", f"**Warning: the post-processing thresholds removed every pixel of a class the argmax predicted, in "
                 f"{len(emptied)} of the images** (lower the threshold, or tune it on validation):", "", *rows]
-
