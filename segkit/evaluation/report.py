@@ -172,8 +172,8 @@ def _emptied_lines(meta: dict, class_names: list[str]) -> list[str]:
     emptied = meta.get("emptied_by_thresholds") or {}
     if not emptied:
         return []
-    rows = [f"- `{stem}`: " + "; ".join(
-        f"'{class_names[n['class']]}' (threshold {n['threshold']:g}, highest probability {n['max_probability']:.3f}, "
-        f"{n['argmax_pixels']} argmax px)" for n in notes) for stem, notes in emptied.items()]
+    from segkit.inference.postprocess import emptied_item
+
+    rows = [f"- `{stem}`: " + "; ".join(emptied_item(n, class_names) for n in notes) for stem, notes in emptied.items()]
     return ["", f"**Warning: the post-processing thresholds removed every pixel of a class the argmax predicted, in "
                 f"{len(emptied)} of the images** (lower the threshold, or tune it on validation):", "", *rows]

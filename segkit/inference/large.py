@@ -296,7 +296,7 @@ def stream_predict(source: RegionSource, probs_fn: Callable[[torch.Tensor], torc
     """The label map of ``source`` as :class:`Strip` s, top to bottom (see the module docstring);
     ``mapping`` is :func:`intensity_map`'s for images over 8 bits. ``tally`` (optional, with ``thresholds``)
     collects per thresholded class ``[argmax px, px kept, highest probability on its argmax px]`` over the image."""
-    from segkit.inference.postprocess import apply_thresholds
+    from segkit.inference.postprocess import apply_thresholds, tally_thresholds
 
     height, width = source.shape
     k = int(num_classes)
@@ -341,14 +341,7 @@ def stream_predict(source: RegionSource, probs_fn: Callable[[torch.Tensor], torc
                 final = block[:k, :f] / block[k:k + 1, :f]
                 labels[:, base:flush_to] = apply_thresholds(final, thresholds) if thresholds else final.argmax(0)
                 if tally is not None and thresholds:
-                    am = final.argmax(0)
-                    for cls in thresholds:
-                        mine = am == cls
-                        if mine.any():
-                            t = tally.setdefault(cls, [0, 0, 0.0])
-                            t[0] += int(mine.sum())
-                            t[1] += int((labels[:, base:flush_to] == cls).sum())
-                            t[2] = max(t[2], float(final[cls][mine].max()))
+                    tally_thresholds(final, labels[:, base:flush_to], thresholds, tally)
                 if probs_out is not None:
                     probs_out[:, base:flush_to] = np.rint(np.moveaxis(final, 0, -1) * 255.0).astype(np.uint8)
                 px0 = base + (-base) % step
@@ -595,8 +588,9 @@ def predict_large(path: Path, modules: Sequence[Any], out: Path, *, inference: d
         tmp_preview = preview_path.with_name(f".{stem}_preview.part.png")
         Image.fromarray(overlay(rgb, lab)).save(tmp_preview)
         tmp_preview.replace(preview_path)
-    emptied = [{"class": cls, "threshold": thresholds[cls], "argmax_pixels": int(n), "max_probability": top}
-               for cls, (n, kept, top) in sorted(tally.items()) if n and not kept]
+    from segkit.inference.postprocess import emptied_from_tally
+
+    emptied = emptied_from_tally(tally, thresholds) if thresholds else []
     return {"labels": str(labels_path), "probabilities": str(probs_path) if probs_rows is not None else None,
             "emptied_by_thresholds": emptied,
             "preview": str(out / f"{stem}_preview.png"), "preview_step": step, "region_by_region": True, "level": level,

@@ -132,28 +132,44 @@ def apply_thresholds(
     return labels
 
 
-def emptied_by_thresholds(probs: np.ndarray, labels: np.ndarray, thresholds: Mapping[int, float]) -> list[dict[str, Any]]:
-    """The classes of ``thresholds`` that the argmax of ``probs`` predicts somewhere but ``labels`` (after the
-    thresholds) nowhere: each as ``{"class", "threshold", "argmax_pixels", "max_probability"}``, the highest
-    probability the class reached on its argmax pixels (below its threshold, or it would have kept some)."""
+def tally_thresholds(probs: np.ndarray, labels: np.ndarray, thresholds: Mapping[int, float],
+                     tally: dict[int, list] | None = None) -> dict[int, list]:
+    """Add to ``tally`` (class -> ``[argmax px, px kept in labels, highest probability on its argmax px]``) the
+    thresholded classes of ``probs`` and ``labels`` (after the thresholds); a large image adds region by region."""
+    tally = {} if tally is None else tally
     argmax = probs.argmax(axis=0)
-    out = []
-    for cls, t in sorted(thresholds.items()):
+    for cls in thresholds:
         mine = argmax == cls
-        n = int(mine.sum())
-        if n and not (labels == cls).any():
-            out.append({"class": int(cls), "threshold": float(t), "argmax_pixels": n,
-                        "max_probability": float(probs[cls][mine].max())})
-    return out
+        if mine.any():
+            t = tally.setdefault(int(cls), [0, 0, 0.0])
+            t[0] += int(mine.sum())
+            t[1] += int((labels == cls).sum())
+            t[2] = max(t[2], float(probs[cls][mine].max()))
+    return tally
+
+
+def emptied_from_tally(tally: dict[int, list], thresholds: Mapping[int, float]) -> list[dict[str, Any]]:
+    """The classes of :func:`tally_thresholds`' ``tally`` that the argmax predicted but the thresholds removed
+    everywhere: each as ``{"class", "threshold", "argmax_pixels", "max_probability"}``."""
+    return [{"class": cls, "threshold": float(thresholds[cls]), "argmax_pixels": n, "max_probability": top}
+            for cls, (n, kept, top) in sorted(tally.items()) if n and not kept]
+
+
+def emptied_by_thresholds(probs: np.ndarray, labels: np.ndarray, thresholds: Mapping[int, float]) -> list[dict[str, Any]]:
+    """:func:`emptied_from_tally` of one image's ``probs`` and thresholded ``labels``."""
+    return emptied_from_tally(tally_thresholds(probs, labels, thresholds), thresholds)
+
+
+def emptied_item(note: dict[str, Any], class_names: Sequence[str]) -> str:
+    """One emptied class in words (the warning and the eval report share it)."""
+    return (f"'{class_names[note['class']]}' (threshold {note['threshold']:g}, highest probability "
+            f"{note['max_probability']:.3f}, {note['argmax_pixels']} argmax px)")
 
 
 def emptied_message(where: str, notes: list[dict[str, Any]], class_names: Sequence[str]) -> str:
     """One warning sentence for :func:`emptied_by_thresholds`'s ``notes`` of one image."""
-    parts = [f"'{class_names[n['class']] if n['class'] < len(class_names) else n['class']}' (threshold {n['threshold']:g}; "
-             f"the argmax gave it {n['argmax_pixels']} px, its highest probability there is {n['max_probability']:.3f})"
-             for n in notes]
-    return (f"WARNING: {where}: postprocess.thresholds removed every pixel of {', '.join(parts)}; lower the threshold "
-            "(python -m segkit.tune_postprocess chooses one on validation) to keep the class")
+    return (f"WARNING: {where}: postprocess.thresholds removed every pixel of {'; '.join(emptied_item(n, class_names) for n in notes)}; "
+            "lower the threshold (python -m segkit.tune_postprocess chooses one on validation) to keep the class")
 
 
 def _classes_present(labels: np.ndarray, classes: Sequence[int] | None, background: int) -> list[int]:
