@@ -162,7 +162,9 @@ def emptied_by_thresholds(probs: np.ndarray, labels: np.ndarray, thresholds: Map
 
 def emptied_item(note: dict[str, Any], class_names: Sequence[str]) -> str:
     """One emptied class in words (the warning and the eval report share it)."""
-    return (f"'{class_names[note['class']]}' (threshold {note['threshold']:g}, highest probability "
+    cls = note["class"]
+    name = class_names[cls] if cls < len(class_names) else cls
+    return (f"'{name}' (threshold {note['threshold']:g}, highest probability "
             f"{note['max_probability']:.3f}, {note['argmax_pixels']} argmax px)")
 
 

@@ -388,6 +388,8 @@ def test_a_threshold_above_every_probability_of_a_class_is_reported_not_silent()
     assert notes[0]["max_probability"] == pytest.approx(0.758) and notes[0]["threshold"] == 0.8
     message = emptied_message("phase_020.tif", notes, ["other", "cell", "edge"])
     assert "phase_020.tif" in message and "'cell' (threshold 0.8" in message and "0.758" in message
+    # a class the names do not cover (a checkpoint with fewer names than classes) is named by its index
+    assert "'1' (threshold 0.8" in emptied_message("phase_020.tif", notes, ["other"])
     notes = []
     postprocess(probs, {"thresholds": {1: 0.75}}, notes)  # keeps the cell: nothing to say
     assert notes == []
